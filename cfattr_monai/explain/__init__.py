@@ -1,0 +1,1 @@
+"""Attribution baselines: Grad-CAM, gradient saliency, the iterative counterfactual method."""

@@ -1,0 +1,1 @@
+"""Ignite handlers the bundles need."""

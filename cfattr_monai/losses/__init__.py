@@ -1,0 +1,1 @@
+"""Losses: partial-convolution inpainting loss and the counterfactual attribution loss."""

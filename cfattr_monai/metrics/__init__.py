@@ -1,0 +1,1 @@
+"""Metrics: localization (Hausdorff, weak localization, area ratio) and randomization sanity checks."""

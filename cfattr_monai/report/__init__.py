@@ -1,0 +1,1 @@
+"""Report: Table 1, ROC curves, overlay grids and timing tables as Markdown + PNG."""

@@ -1,0 +1,1 @@
+"""Transforms: hole masks, the smooth-max mapping into compact masks, marginalizers."""
