@@ -1,0 +1,216 @@
+"""Hole masks for training and evaluating the inpainter, and maps into compact masks for the attributor.
+
+Irregular hole masks (Liu et al., ECCV 2018, "Image inpainting for irregular holes using partial convolutions",
+§4.1) are unions of random brush *strokes* and compact *blobs*. The blobs mimic what the attribution network hands
+the inpainter at training time: compact, connected regions, thresholded at 0.55 after the smooth-max mapping into
+the set S of compact masks (Lenis et al., MICCAI 2020, §2). Convention: the returned ``valid`` mask is 1 on valid
+pixels and 0 in the hole, as partial convolutions expect.
+
+Placement (needed by the paper's Fig. 1c protocol, §4 "Marginalization"):
+
+* ``allowed``: the hole is clipped to this region (e.g. the organ minus the lesion: holes in healthy tissue only);
+* ``centers``: shape centres are sampled inside this region (default: ``allowed``);
+* ``cover``: this region is always part of the hole (e.g. the lesion: holes over pathological tissue).
+
+The hole ratio is measured relative to the area of ``allowed`` (the whole image when ``allowed`` is None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+from scipy.ndimage import binary_dilation
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Randomizable
+from monai.utils import convert_to_dst_type
+
+__all__ = ["irregular_hole_mask", "RandIrregularHoleMaskd"]
+
+RandomGenerator = np.random.RandomState | np.random.Generator
+
+
+def _blob(grid_y: np.ndarray, grid_x: np.ndarray, center: np.ndarray, radius: float, rng: RandomGenerator) -> np.ndarray:
+    """A compact, connected, star-shaped blob: a rotated ellipse whose boundary is perturbed by low harmonics."""
+    dy, dx = grid_y - center[0], grid_x - center[1]
+    angle = rng.uniform(0.0, np.pi)
+    u = dx * np.cos(angle) + dy * np.sin(angle)
+    v = -dx * np.sin(angle) + dy * np.cos(angle)
+    aspect = rng.uniform(0.6, 1.0)
+    rho = np.sqrt(u**2 + (v / aspect) ** 2)
+    phi = np.arctan2(v, u)
+    boundary = np.ones_like(phi)
+    for harmonic in (2, 3, 5):
+        boundary += rng.uniform(0.0, 0.15) * np.cos(harmonic * phi + rng.uniform(0.0, 2 * np.pi))
+    return rho <= radius * boundary
+
+
+def _stroke(grid_y: np.ndarray, grid_x: np.ndarray, start: np.ndarray, length: float, rng: RandomGenerator) -> np.ndarray:
+    """A brush stroke: a random walk of 2-5 thick line segments (Liu et al.'s irregular mask generator)."""
+    hole = np.zeros(grid_y.shape, dtype=bool)
+    width = rng.uniform(0.015, 0.05) * max(grid_y.shape)
+    point = start.astype(np.float64)
+    angle = rng.uniform(0.0, 2 * np.pi)
+    for _ in range(int(rng.uniform(2, 6))):
+        angle += rng.uniform(-np.pi / 2, np.pi / 2)
+        end = point + rng.uniform(0.3, 1.0) * length * np.array([np.sin(angle), np.cos(angle)])
+        seg = end - point
+        t = ((grid_y - point[0]) * seg[0] + (grid_x - point[1]) * seg[1]) / max(float(seg @ seg), 1e-9)
+        t = np.clip(t, 0.0, 1.0)
+        dist2 = (grid_y - point[0] - t * seg[0]) ** 2 + (grid_x - point[1] - t * seg[1]) ** 2
+        hole |= dist2 <= (width / 2) ** 2
+        point = end
+    return hole
+
+
+def irregular_hole_mask(
+    spatial_shape: Sequence[int],
+    rng: RandomGenerator,
+    hole_ratio: tuple[float, float] = (0.02, 0.15),
+    stroke_probability: float = 0.5,
+    allowed: np.ndarray | None = None,
+    centers: np.ndarray | None = None,
+    cover: np.ndarray | None = None,
+    max_shapes: int = 50,
+) -> np.ndarray:
+    """Random irregular hole mask, 1 = valid pixel, 0 = hole, float32 of shape ``spatial_shape``.
+
+    Shapes (a stroke with probability ``stroke_probability``, else a blob) are added until the hole covers a ratio
+    drawn uniformly from ``hole_ratio`` of the ``allowed`` area, or ``max_shapes`` shapes were drawn.
+
+    Args:
+        spatial_shape: ``(H, W)``.
+        rng: ``np.random.Generator`` or ``np.random.RandomState`` (MONAI's ``Randomizable.R``).
+        hole_ratio: ``(low, high)`` fraction of the allowed area to cover, ``0 < low <= high <= 1``.
+        stroke_probability: probability that a shape is a stroke rather than a compact blob.
+        allowed: boolean ``(H, W)``: the hole is clipped to it. None: the whole image.
+        centers: boolean ``(H, W)``: shape centres are drawn inside it. None: ``allowed``.
+        cover: boolean ``(H, W)``: always part of the hole (it is not clipped by ``allowed``).
+        max_shapes: upper bound on the number of shapes drawn.
+
+    Raises:
+        ValueError: bad ``hole_ratio``/``stroke_probability``, a region of another shape, or an empty
+            ``allowed``/``centers`` region (nowhere to put a hole).
+
+    Example:
+        >>> valid = irregular_hole_mask((64, 64), np.random.default_rng(0), hole_ratio=(0.1, 0.2))
+        >>> valid.shape, bool(valid.mean() <= 0.9)
+        ((64, 64), True)
+    """
+    shape = tuple(int(s) for s in spatial_shape)
+    if len(shape) != 2:
+        raise ValueError(f"irregular_hole_mask: spatial_shape must be (H, W), got {spatial_shape}.")
+    low, high = hole_ratio
+    if not 0.0 < low <= high <= 1.0:
+        raise ValueError(f"irregular_hole_mask: hole_ratio must satisfy 0 < low <= high <= 1, got {hole_ratio}.")
+    if not 0.0 <= stroke_probability <= 1.0:
+        raise ValueError(f"irregular_hole_mask: stroke_probability must be in [0, 1], got {stroke_probability}.")
+    regions = {"allowed": allowed, "centers": centers, "cover": cover}
+    for name, region in regions.items():
+        if region is not None and tuple(region.shape) != shape:
+            raise ValueError(
+                f"irregular_hole_mask: `{name}` has shape {tuple(region.shape)} but spatial_shape is {shape}; "
+                "pass the (H, W) mask without channel dimension."
+            )
+    allowed = np.ones(shape, dtype=bool) if allowed is None else np.asarray(allowed) > 0
+    centers = allowed if centers is None else np.asarray(centers) > 0
+    cover = np.zeros(shape, dtype=bool) if cover is None else np.asarray(cover) > 0
+    if not allowed.any() or not centers.any():
+        raise ValueError(
+            "irregular_hole_mask: the `allowed` or `centers` region is empty, so no hole can be placed; "
+            "check the organ/lesion masks of this image or drop the restriction."
+        )
+    grid_y, grid_x = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    center_candidates = np.argwhere(centers)
+    target = rng.uniform(low, high) * allowed.sum()
+    size = float(np.sqrt(target))  # a shape of this scale reaches the target in a few draws
+    hole = cover.copy()
+    for _ in range(max_shapes):
+        if (hole & allowed).sum() >= target:
+            break
+        center = center_candidates[int(rng.uniform(0, len(center_candidates)))]
+        if rng.uniform(0.0, 1.0) < stroke_probability:
+            shape_hole = _stroke(grid_y, grid_x, center, rng.uniform(0.5, 1.5) * size, rng)
+        else:
+            shape_hole = _blob(grid_y, grid_x, center, rng.uniform(0.2, 0.6) * size, rng)
+        hole |= shape_hole & allowed
+    return (~hole).astype(np.float32)
+
+
+class RandIrregularHoleMaskd(Randomizable, MapTransform):
+    """Dictionary transform adding a random irregular hole mask (1 = valid, 0 = hole) under ``valid_key``.
+
+    The mask has the reference image's shape ``(1, H, W)`` and type (numpy array, tensor or MetaTensor).
+    Optional region keys restrict where holes go (see :func:`irregular_hole_mask`): ``allowed_key`` (e.g. the organ),
+    ``forbidden_key`` (removed from the allowed region, e.g. the lesion), ``centers_key`` and ``cover_key``.
+
+    Args:
+        keys: the reference image key (exactly one).
+        valid_key: output key of the valid mask.
+        hole_ratio: ``(low, high)`` fraction of the allowed area to cover.
+        stroke_probability: probability that a shape is a stroke rather than a compact blob.
+        allowed_key, forbidden_key, centers_key, cover_key: optional keys of binary region masks ``(1, H, W)``.
+        forbidden_margin: pixels by which the forbidden region is dilated before it is removed.
+        allow_missing_keys: don't raise if the image key is missing.
+
+    Example:
+        >>> t = RandIrregularHoleMaskd("image", hole_ratio=(0.05, 0.1)).set_random_state(seed=0)
+        >>> out = t({"image": np.zeros((1, 32, 32), np.float32)})
+        >>> out["valid_mask"].shape
+        (1, 32, 32)
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        valid_key: str = "valid_mask",
+        hole_ratio: tuple[float, float] = (0.02, 0.15),
+        stroke_probability: float = 0.5,
+        allowed_key: str | None = None,
+        forbidden_key: str | None = None,
+        centers_key: str | None = None,
+        cover_key: str | None = None,
+        forbidden_margin: int = 2,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"RandIrregularHoleMaskd: give exactly one reference image key, got {self.keys}.")
+        self.valid_key = valid_key
+        self.hole_ratio = hole_ratio
+        self.stroke_probability = stroke_probability
+        self.allowed_key, self.forbidden_key = allowed_key, forbidden_key
+        self.centers_key, self.cover_key = centers_key, cover_key
+        self.forbidden_margin = forbidden_margin
+
+    def randomize(self, data: None = None) -> None:
+        """Randomness is drawn inside :func:`irregular_hole_mask` from ``self.R``."""
+
+    def _region(self, d: Mapping, key: str | None) -> np.ndarray | None:
+        if key is None:
+            return None
+        if key not in d:
+            raise KeyError(f"RandIrregularHoleMaskd: region key `{key}` not in the data (keys: {list(d)}).")
+        return np.asarray(d[key])[0] > 0.5
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            allowed = self._region(d, self.allowed_key)
+            forbidden = self._region(d, self.forbidden_key)
+            if forbidden is not None:
+                if self.forbidden_margin > 0:
+                    forbidden = binary_dilation(forbidden, iterations=self.forbidden_margin)
+                allowed = (np.ones_like(forbidden) if allowed is None else allowed) & ~forbidden
+            valid = irregular_hole_mask(
+                np.asarray(image).shape[1:],
+                self.R,
+                hole_ratio=self.hole_ratio,
+                stroke_probability=self.stroke_probability,
+                allowed=allowed,
+                centers=self._region(d, self.centers_key),
+                cover=self._region(d, self.cover_key),
+            )
+            d[self.valid_key] = convert_to_dst_type(valid[None], image)[0]
+        return d
