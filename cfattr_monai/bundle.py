@@ -1,0 +1,125 @@
+"""Load a trained network out of a MONAI bundle folder, frozen, for use inside another bundle.
+
+The attributor bundle explains the classifier bundle's network and marginalizes with the inpainter bundle's
+network; it gets both through :func:`load_network` instead of copying their configs, so a task overlay (e.g.
+``configs/task_cxr.json``) changes the architecture in exactly one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+from torch import nn
+
+__all__ = ["fingerprint", "load_network"]
+
+_SHOWN_KEYS = 5
+
+
+def load_network(
+    bundle_dir: str | Path,
+    overlays: Sequence[str | Path] = (),
+    checkpoint: str | Path = "models/model.pt",
+    network_key: str = "network_def",
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Instantiate ``network_key`` of a bundle's inference config and load its trained weights.
+
+    Args:
+        bundle_dir: the bundle folder (holding ``configs/inference.json``).
+        overlays: further config files merged over ``configs/inference.json`` in order, relative to ``bundle_dir``
+            (or absolute), e.g. ``["configs/task_cxr.json"]``.
+        checkpoint: state dict file, relative to ``bundle_dir`` (or absolute), loaded with ``weights_only=True``.
+        network_key: config key of the network definition.
+        device: device the network is moved to.
+
+    Returns:
+        The network in eval mode with ``requires_grad=False`` on every parameter.
+
+    Raises:
+        FileNotFoundError: a config file or the checkpoint does not exist.
+        KeyError: ``network_key`` is not in the merged config.
+        ValueError: the checkpoint is not a state dict, or its keys / shapes do not match the configured network.
+
+    Example:
+        >>> classifier = load_network("bundles/classifier")  # doctest: +SKIP
+        >>> classifier(torch.rand(1, 1, 128, 128)).shape  # doctest: +SKIP
+        torch.Size([1, 1])
+    """
+    bundle_dir = Path(bundle_dir)
+    config_files = [bundle_dir / "configs" / "inference.json", *(bundle_dir / o for o in overlays)]
+    for path in config_files:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"load_network: config file {path} not found; pass the bundle folder (with configs/inference.json) "
+                "as bundle_dir and overlays relative to it, e.g. ['configs/task_cxr.json']."
+            )
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in config_files])
+    parser["bundle_root"] = str(bundle_dir)
+    if network_key not in parser:
+        raise KeyError(f"load_network: key {network_key!r} not found in {', '.join(map(str, config_files))}.")
+    network: nn.Module = parser.get_parsed_content(network_key, instantiate=True)
+
+    ckpt_path = bundle_dir / checkpoint
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(
+            f"load_network: checkpoint {ckpt_path} not found; train the bundle first "
+            f"(cd {bundle_dir} && python -m monai.bundle run --config_file configs/train.json) or pass checkpoint=."
+        )
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    _check_state_dict(state, network, ckpt_path, config_files)
+    network.load_state_dict(state)
+    network.to(device).eval()
+    network.requires_grad_(False)
+    return network
+
+
+def _check_state_dict(state: object, network: nn.Module, ckpt_path: Path, config_files: Sequence[Path]) -> None:
+    """Raise a ValueError that names the file and the mismatching keys unless ``state`` fits ``network``."""
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        kind = type(state).__name__ if not isinstance(state, Mapping) else "a dict of non-tensors, keys " + ", ".join(
+            list(map(str, state))[:_SHOWN_KEYS]
+        )
+        raise ValueError(
+            f"load_network: {ckpt_path} holds {kind}, expected a state dict (name -> tensor) as written by the "
+            "bundle's CheckpointSaver to models/model.pt; trainer checkpoints (models/checkpoint*.pt) are for resuming."
+        )
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or reshaped:
+        details = "; ".join(
+            f"{label} ({len(keys)}): {', '.join(keys[:_SHOWN_KEYS])}{', …' if len(keys) > _SHOWN_KEYS else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", reshaped))
+            if keys
+        )
+        raise ValueError(
+            f"load_network: {ckpt_path} was saved from another network than {type(network).__qualname__} configured "
+            f"by {', '.join(map(str, config_files))}: {details}. Pass the task overlays the checkpoint was trained "
+            "with (e.g. overlays=['configs/task_cxr.json']) or point checkpoint= at matching weights."
+        )
+
+
+def fingerprint(module: nn.Module) -> str:
+    """SHA-256 over a module's state dict (names, dtypes, shapes and values), to tell trained weights apart.
+
+    Example:
+        >>> fingerprint(nn.Linear(2, 1)) == fingerprint(nn.Linear(2, 1))
+        False
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
