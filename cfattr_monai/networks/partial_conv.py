@@ -1,0 +1,91 @@
+"""Partial convolution (Liu et al., ECCV 2018, "Image inpainting for irregular holes using partial convolutions", Eq. 1-2).
+
+With ``X`` the features in the current sliding window, ``M`` the binary mask window (1 = valid pixel, 0 = hole),
+``W``, ``b`` the filter weights and bias, and ``1`` an all-ones window of the mask's size::
+
+    x' = W^T (X ⊙ M) · sum(1) / sum(M) + b   if sum(M) > 0
+    x' = 0                                    otherwise                         (Eq. 1)
+
+    m' = 1 if sum(M) > 0 else 0                                                (Eq. 2)
+
+so every output depends only on valid inputs, and after enough layers the hole is filled (``m'`` becomes all ones).
+Compared with NVIDIA's reference implementation the all-ones kernel is a registered, non-persistent buffer (it moves
+with ``.to(device)`` and is not written into state dicts) and nothing is cached by input shape.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PartialConv2d"]
+
+
+class PartialConv2d(nn.Conv2d):
+    """2D partial convolution: ``forward(x, mask) -> (output, updated_mask)``.
+
+    The weights, bias and hyper-parameters are those of ``nn.Conv2d`` (zero padding, ``groups=1``), so the state dict
+    is a plain convolution's. The mask is single-channel ``(B, 1, H, W)`` (shared by all input channels) or, with
+    ``multi_channel_mask=True``, one mask per input channel ``(B, in_channels, H, W)``; the updated mask has the
+    same layout, i.e. ``(B, 1, H', W')`` or ``(B, out_channels, H', W')``. Masks are expected binary; thresholding is
+    the caller's job (see :class:`cfattr_monai.networks.inpainter.PartialConvUNet`). The mask update runs without
+    gradient, as in Liu et al.
+
+    Works under ``torch.jit.script`` and ``torch.jit.trace`` (both tested).
+
+    Args:
+        in_channels: input feature channels.
+        out_channels: output feature channels.
+        kernel_size: convolution kernel size.
+        stride: convolution stride.
+        padding: zero padding; padded pixels count as holes, as in ``sum(1)/sum(M)`` of Liu et al.
+        dilation: convolution dilation.
+        bias: add a learnable bias ``b`` on valid outputs (Eq. 1).
+        multi_channel_mask: one mask channel per input channel instead of one shared mask.
+
+    Example:
+        >>> conv = PartialConv2d(1, 4, kernel_size=3, padding=1)
+        >>> x, mask = torch.rand(2, 1, 8, 8), torch.ones(2, 1, 8, 8)
+        >>> mask[:, :, 2:6, 2:6] = 0
+        >>> y, new_mask = conv(x, mask)
+        >>> y.shape, new_mask.shape, int(new_mask.sum())
+        (torch.Size([2, 4, 8, 8]), torch.Size([2, 1, 8, 8]), 120)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = True,
+        multi_channel_mask: bool = False,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=bias)
+        self.multi_channel_mask = multi_channel_mask
+        mask_channels = in_channels if multi_channel_mask else 1
+        self.register_buffer("mask_kernel", torch.ones(1, mask_channels, *self.kernel_size), persistent=False)
+        self.window_size = float(mask_channels * self.kernel_size[0] * self.kernel_size[1])  # sum(1) in Eq. 1
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Partial convolution of ``x`` (B, C, H, W) with valid ``mask``; returns ``(output, updated_mask)``."""
+        expected = self.mask_kernel.shape[1]
+        if mask.ndim != 4 or mask.shape[1] != expected or mask.shape[2:] != x.shape[2:] or mask.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"PartialConv2d: mask must have shape (B, {expected}, H, W) matching x {list(x.shape)}, got "
+                f"{list(mask.shape)}; pass a (B, 1, H, W) mask, or set multi_channel_mask=True for one per channel."
+            )
+        with torch.no_grad():
+            mask_sum = F.conv2d(mask, self.mask_kernel, None, self.stride, self.padding, self.dilation)  # sum(M)
+            updated_mask = (mask_sum > 0).to(x.dtype)  # Eq. 2
+            ratio = self.window_size / mask_sum.clamp(min=1e-8) * updated_mask  # sum(1)/sum(M), 0 where sum(M)=0
+        output = F.conv2d(x * mask, self.weight, None, self.stride, self.padding, self.dilation) * ratio
+        bias = self.bias
+        if bias is not None:
+            output = (output + bias.view(1, -1, 1, 1)) * updated_mask
+        if self.multi_channel_mask:
+            updated_mask = updated_mask.expand(-1, self.out_channels, -1, -1)
+        return output, updated_mask
