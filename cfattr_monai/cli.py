@@ -1,0 +1,111 @@
+"""The ``cfattr`` command line: one sub-command per job, each registered by one ``_register_<name>`` function.
+
+Adding a command means writing ``_register_<name>(subparsers)`` that adds its parser and sets
+``func=<handler>`` with ``set_defaults``, and listing it in ``REGISTRARS``; the handler takes the parsed
+``argparse.Namespace`` and returns an exit code (``None`` counts as 0). User errors (``ValueError``,
+``FileNotFoundError``) end the program with one line on stderr and exit code 2, without a traceback.
+
+Example:
+    >>> main(["--help"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cfattr_monai import __version__
+
+__all__ = ["build_parser", "main"]
+
+
+def _run_phantoms(args: argparse.Namespace) -> int:
+    from cfattr_monai.data.phantoms import save_phantom_figure, write_phantom_dataset
+
+    difficulty = {
+        "contrast": args.contrast,
+        "radius": args.radius,
+        "max_lesions": args.max_lesions,
+        "prevalence": args.prevalence,
+        "texture": args.texture,
+    }
+    datalist = write_phantom_dataset(args.out, args.kind, args.n, args.size, args.seed, splits=args.splits,
+                                     **{k: v for k, v in difficulty.items() if v is not None})
+    print(datalist)
+    if args.preview:
+        print(save_phantom_figure(args.preview, args.kind, size=args.size, seed=args.seed))
+    return 0
+
+
+def _register_phantoms(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "phantoms",
+        help="write a synthetic data set (PNGs + MONAI datalist)",
+        description="Write n synthetic phantoms (images, lesion and organ masks as PNG) with datalist.json and "
+        "phantoms.json into OUT. The same seed gives byte-identical files.",
+    )
+    parser.add_argument("--kind", choices=("mammo", "chest"), default="mammo")
+    parser.add_argument("--n", type=int, default=600, help="number of images (default 600)")
+    parser.add_argument("--size", type=int, default=256, help="side length in pixels (default 256)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="output folder (replaced if it holds an older phantom set)")
+    parser.add_argument("--splits", type=float, nargs=3, default=(0.6, 0.2, 0.2), metavar=("TRAIN", "VAL", "TEST"))
+    group = parser.add_argument_group("difficulty (defaults: the calibrated values of the kind, docs/phantoms.md)")
+    group.add_argument("--contrast", type=float, nargs=2, metavar=("LOW", "HIGH"), help="lesion peak contrast")
+    group.add_argument("--radius", type=float, nargs=2, metavar=("LOW", "HIGH"), help="lesion radius / width")
+    group.add_argument("--max-lesions", type=int, help="most lesions per pathological image")
+    group.add_argument("--prevalence", type=float, help="fraction of pathological images")
+    group.add_argument("--texture", type=float, help="amplitude of the camouflaging background texture")
+    parser.add_argument("--preview", metavar="PNG", help="also save a figure of a few pathological phantoms")
+    parser.set_defaults(func=_run_phantoms)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from cfattr_monai.data.datasets import PREPARERS
+
+    datalist = PREPARERS[args.dataset](args.src, args.out, size=args.size, seed=args.seed, splits=args.splits)
+    print(datalist)
+    return 0
+
+
+def _register_prepare(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "prepare",
+        help="convert a public data set into PNGs + MONAI datalist",
+        description="Read a public data set from SRC (never modified) and write resized 8-bit PNGs, organ and "
+        "lesion masks (evaluation only) and a datalist.json with patient-wise splits into OUT.",
+    )
+    parser.add_argument("dataset", choices=("mini-mias", "shenzhen", "cbis-ddsm"))
+    parser.add_argument("--src", required=True, help="the data set as distributed (or the mini-MIAS PNG layout)")
+    parser.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images (default: keep)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the patient-wise split")
+    parser.add_argument("--splits", type=float, nargs=3, default=(0.6, 0.2, 0.2), metavar=("TRAIN", "VAL", "TEST"))
+    parser.set_defaults(func=_run_prepare)
+
+
+REGISTRARS = (_register_phantoms, _register_prepare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cfattr`` parser with every registered sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="cfattr",
+        description="Counterfactual impact analysis for medical image classifiers (Lenis et al., MICCAI 2020).",
+    )
+    parser.add_argument("--version", action="version", version=f"cfattr-monai {__version__}")
+    subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
+    for register in REGISTRARS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the command and return its exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"cfattr {args.command}: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,323 @@
+"""Synthetic phantoms: mammography-like and chest-X-ray-like images with exact lesion and organ masks.
+
+The phantoms are the project's embedded data set: the demo trains all three bundles on them, and the tests build
+tiny ones. For every image the generator returns the image, its label (0 healthy, 1 at least one lesion), the exact
+lesion mask and the organ mask (breast without pectoral muscle; lung fields). The task is made hard on purpose by
+low lesion contrast, small lesions and a texture that camouflages them (see :class:`Difficulty`), so that a small
+classifier reaches a test ROC-AUC well below 1 (docs/phantoms.md gives the measured numbers).
+
+A data set on disk is a folder with ``images/``, ``lesions/`` and ``organs/`` (8-bit grey PNG, masks 0/255), a
+MONAI datalist ``datalist.json`` (``training`` / ``validation`` / ``test``, paths relative to the folder) and
+``phantoms.json`` (the generation parameters). Image ``i`` is drawn from ``np.random.default_rng([seed, i])``
+alone, so the same seed gives byte-identical files however the work is split.
+
+Example:
+    >>> import numpy as np
+    >>> sample = generate_phantom("mammo", 64, np.random.default_rng(0), label=1)
+    >>> sample["image"].shape, sample["label"], bool(sample["lesion"].any())
+    ((64, 64), 1, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cfattr_monai.data.phantom_anatomy import chest_anatomy, chest_opacity, mammo_anatomy, mammo_mass
+
+__all__ = [
+    "KINDS",
+    "Difficulty",
+    "default_difficulty",
+    "generate_phantom",
+    "stratified_split",
+    "write_phantom_dataset",
+    "ensure_phantom_dataset",
+    "save_phantom_figure",
+]
+
+KINDS = ("mammo", "chest")
+SPLITS = ("training", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Difficulty:
+    """How hard the phantom task is.
+
+    Args:
+        contrast: range of the lesion's peak intensity added to the tissue (image in [0, 1]).
+        radius: range of the lesion radius as a fraction of the image width.
+        max_lesions: a pathological image carries 1 … ``max_lesions`` lesions (1 with probability 0.7).
+        prevalence: fraction of pathological images in a written data set (0.5 = balanced classes).
+        texture: amplitude of the background texture that camouflages the lesions.
+        spiculated: fraction of spiculated masses (mammo only).
+    """
+
+    contrast: tuple[float, float]
+    radius: tuple[float, float]
+    max_lesions: int = 2
+    prevalence: float = 0.5
+    texture: float = 0.06
+    spiculated: float = 0.4
+
+    def __post_init__(self):
+        for name in ("contrast", "radius"):
+            low, high = value = tuple(float(v) for v in getattr(self, name))
+            if not 0.0 < low <= high <= 1.0:
+                raise ValueError(f"Difficulty.{name} must be (low, high) with 0 < low <= high <= 1, got {value}.")
+            object.__setattr__(self, name, value)
+        if int(self.max_lesions) < 1:
+            raise ValueError(f"Difficulty.max_lesions must be >= 1, got {self.max_lesions}.")
+        for name in ("prevalence", "spiculated"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"Difficulty.{name} must lie in [0, 1], got {getattr(self, name)}.")
+        if float(self.texture) < 0.0:
+            raise ValueError(f"Difficulty.texture must be >= 0, got {self.texture}.")
+
+
+_DEFAULTS = {
+    "mammo": Difficulty(contrast=(0.04, 0.10), radius=(0.03, 0.08), texture=0.06),
+    "chest": Difficulty(contrast=(0.05, 0.12), radius=(0.05, 0.10), texture=0.04),
+}
+
+
+def default_difficulty(kind: str, **overrides) -> Difficulty:
+    """The calibrated :class:`Difficulty` of ``kind`` with some fields replaced (``None`` values are ignored).
+
+    Raises:
+        ValueError: unknown kind or field name.
+    """
+    _check_kind(kind)
+    fields = {f.name for f in dataclasses.fields(Difficulty)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown difficulty parameter(s) {unknown}; expected some of {sorted(fields)}.")
+    return dataclasses.replace(_DEFAULTS[kind], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def generate_phantom(kind: str, size: int, rng: np.random.Generator, label: int | None = None, **difficulty) -> dict:
+    """Draw one phantom.
+
+    Args:
+        kind: ``"mammo"`` or ``"chest"``.
+        size: side length in pixels (the image is square), at least 32.
+        rng: the image's own random generator (e.g. ``np.random.default_rng([seed, index])``).
+        label: 1 to draw lesions, 0 for a healthy image, ``None`` to draw it with probability ``prevalence``.
+        difficulty: :class:`Difficulty` fields overriding the kind's defaults.
+
+    Returns:
+        ``dict(image=float32 (H, W) in [0, 1], label=int, lesion=uint8 (H, W) {0, 1}, organ=uint8 (H, W) {0, 1})``
+        with ``lesion ⊂ organ`` and ``label == lesion.any()``.
+    """
+    settings = default_difficulty(kind, **difficulty)
+    if int(size) < 32:
+        raise ValueError(f"phantom size must be at least 32 pixels, got {size}.")
+    if label is None:
+        label = int(rng.random() < settings.prevalence)
+    if label not in (0, 1):
+        raise ValueError(f"label must be 0 (healthy) or 1 (lesion), got {label!r}.")
+    if kind == "mammo":
+        image, organ, thickness = mammo_anatomy(size, rng, settings.texture)
+    else:
+        image, organ = chest_anatomy(size, rng, settings.texture)
+    lesion = np.zeros(image.shape, dtype=bool)
+    if label:
+        count = 1 if rng.random() < 0.7 else int(rng.integers(1, settings.max_lesions + 1))
+        for _ in range(count):
+            radius = rng.uniform(*settings.radius)
+            if kind == "mammo":
+                profile = mammo_mass(size, rng, organ, radius, spiculated=rng.random() < settings.spiculated)
+                profile *= 0.6 + 0.4 * thickness  # denser tissue shows a mass more, as in a compressed breast
+            else:
+                profile = chest_opacity(size, rng, organ, radius)
+            image = image + rng.uniform(*settings.contrast) * profile
+            lesion |= profile > 0
+    return {
+        "image": np.clip(image, 0.0, 1.0).astype(np.float32),
+        "label": int(label),
+        "lesion": lesion.astype(np.uint8),
+        "organ": organ.astype(np.uint8),
+    }
+
+
+def stratified_split(labels, fractions=(0.6, 0.2, 0.2), seed: int = 0) -> dict[str, list[int]]:
+    """Indices per split (``training``/``validation``/``test``), stratified by label, shuffled by ``seed``.
+
+    Example:
+        >>> {k: len(v) for k, v in stratified_split([0, 1] * 5).items()}
+        {'training': 6, 'validation': 2, 'test': 2}
+    """
+    fractions = np.asarray(fractions, dtype=float)
+    if fractions.shape != (3,) or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
+        raise ValueError(f"splits must be three non-negative fractions summing to 1, got {fractions.tolist()}.")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, 2**31 - 1])  # a stream no image uses
+    parts: dict[str, list[int]] = {name: [] for name in SPLITS}
+    for value in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        bounds = np.round(np.cumsum(fractions)[:2] * members.size).astype(int)
+        for name, chunk in zip(SPLITS, np.split(members, bounds)):
+            parts[name].extend(int(i) for i in chunk)
+    return {name: sorted(indices) for name, indices in parts.items()}
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"phantom kind must be one of {KINDS}, got {kind!r}.")
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    Image.fromarray(array, mode="L").save(path, format="PNG", optimize=False)
+
+
+def _parameters(kind: str, n: int, size: int, seed: int, splits, settings: Difficulty) -> dict:
+    return {
+        "kind": kind,
+        "n": int(n),
+        "size": int(size),
+        "seed": int(seed),
+        "splits": [float(f) for f in splits],
+        "difficulty": dataclasses.asdict(settings),
+    }
+
+
+def _write_into(folder: Path, parameters: dict, settings: Difficulty) -> None:
+    """Write every file of a data set into an existing, empty ``folder``."""
+    kind, n, size, seed = (parameters[k] for k in ("kind", "n", "size", "seed"))
+    for sub in ("images", "lesions", "organs"):
+        (folder / sub).mkdir()
+    n_lesion = int(round(n * settings.prevalence))
+    labels = np.random.default_rng([seed, 2**31 - 2]).permutation([1] * n_lesion + [0] * (n - n_lesion))
+    items = []
+    for index, label in enumerate(labels):
+        sample = generate_phantom(kind, size, np.random.default_rng([seed, index]), label=int(label),
+                                  **dataclasses.asdict(settings))
+        name = f"{kind}_{index:05d}.png"
+        _save_png(np.round(sample["image"] * 255.0).astype(np.uint8), folder / "images" / name)
+        _save_png(sample["lesion"] * np.uint8(255), folder / "lesions" / name)
+        _save_png(sample["organ"] * np.uint8(255), folder / "organs" / name)
+        items.append({"image": f"images/{name}", "label": int(label), "lesion": f"lesions/{name}",
+                      "organ": f"organs/{name}"})
+    parts = stratified_split(labels, parameters["splits"], seed)
+    datalist = {name: [items[i] for i in parts[name]] for name in SPLITS}
+    (folder / "datalist.json").write_text(json.dumps(datalist, indent=1) + "\n")
+    (folder / "phantoms.json").write_text(json.dumps(parameters, indent=1) + "\n")
+
+
+def write_phantom_dataset(out_dir, kind: str = "mammo", n: int = 600, size: int = 256, seed: int = 0,
+                          splits=(0.6, 0.2, 0.2), **difficulty) -> Path:
+    """Write ``n`` phantoms as PNGs plus ``datalist.json`` and ``phantoms.json`` into ``out_dir``; atomic.
+
+    The files are written into a temporary sibling folder that is renamed to ``out_dir`` at the end, so an
+    interrupted run leaves nothing half-written. An existing phantom folder (one holding ``phantoms.json``) is
+    replaced; any other non-empty folder is refused.
+
+    Args:
+        out_dir: destination folder.
+        kind: ``"mammo"`` or ``"chest"``.
+        n: number of images (at least 10, so that each split holds both classes).
+        size: side length in pixels.
+        seed: data-set seed; image ``i`` uses ``np.random.default_rng([seed, i])``.
+        splits: training / validation / test fractions, stratified by label.
+        difficulty: :class:`Difficulty` fields overriding the kind's defaults.
+
+    Returns:
+        the path of ``datalist.json``.
+    """
+    out_dir = Path(out_dir)
+    settings = default_difficulty(kind, **difficulty)
+    if int(n) < 10:
+        raise ValueError(f"n must be at least 10 so that every split holds images, got {n}.")
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "phantoms.json").is_file():
+        raise ValueError(f"{out_dir} exists and is not a phantom data set (no phantoms.json); choose an empty or "
+                         "new folder.")
+    parameters = _parameters(kind, n, size, seed, splits, settings)
+    stratified_split([0, 1], parameters["splits"])  # validate the fractions before any work
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _write_into(staging, parameters, settings)
+        if out_dir.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            os.replace(out_dir, retired / out_dir.name)
+            shutil.rmtree(retired)
+        os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir / "datalist.json"
+
+
+def ensure_phantom_dataset(datalist, kind: str = "mammo", n: int = 600, size: int = 256, seed: int = 0,
+                           **difficulty) -> Path:
+    """Return ``datalist``; write the phantom data set into its folder first when it is missing.
+
+    Bundle configs call this in ``initialize`` so that they run on a fresh clone. An existing data set whose
+    ``phantoms.json`` records other parameters is not silently reused: that is an error telling how to refresh it.
+
+    Args:
+        datalist: path of the data set's ``datalist.json``.
+        kind, n, size, seed, difficulty: as for :func:`write_phantom_dataset`.
+
+    Raises:
+        ValueError: ``datalist`` is not named ``datalist.json``, or the existing data set was made differently.
+    """
+    datalist = Path(datalist)
+    if datalist.name != "datalist.json":
+        raise ValueError(f"phantom datalist must be named 'datalist.json', got {datalist}.")
+    if not datalist.is_file():
+        try:
+            return write_phantom_dataset(datalist.parent, kind, n, size, seed, **difficulty)
+        except OSError:  # another process renamed its finished copy into place first
+            if not datalist.is_file():
+                raise
+    wanted = json.loads(json.dumps(_parameters(kind, n, size, seed, (0.6, 0.2, 0.2),
+                                               default_difficulty(kind, **difficulty))))
+    recorded_file = datalist.parent / "phantoms.json"
+    recorded = json.loads(recorded_file.read_text()) if recorded_file.is_file() else None
+    if recorded is not None and {k: recorded.get(k) for k in wanted if k != "splits"} != {
+        k: v for k, v in wanted.items() if k != "splits"
+    }:
+        raise ValueError(f"{recorded_file} records other generation parameters than requested ({wanted}); delete "
+                         f"{datalist.parent} to regenerate it, or request the recorded parameters.")
+    return datalist
+
+
+def save_phantom_figure(path, kind: str = "mammo", count: int = 4, size: int = 256, seed: int = 0) -> Path:
+    """Save a row of ``count`` pathological phantoms with the lesion contour (red) and organ outline (green).
+
+    Args:
+        path: output PNG.
+        kind: ``"mammo"`` or ``"chest"``.
+        count: number of panels.
+        size: side length in pixels.
+        seed: seed of the first panel; panel ``i`` uses ``np.random.default_rng([seed, i])``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _check_kind(kind)
+    path = Path(path)
+    figure, axes = plt.subplots(1, count, figsize=(2.2 * count, 2.3), squeeze=False)
+    for index, axis in enumerate(axes[0]):
+        sample = generate_phantom(kind, size, np.random.default_rng([seed, index]), label=1)
+        axis.imshow(sample["image"], cmap="gray", vmin=0.0, vmax=1.0)
+        axis.contour(sample["organ"], levels=[0.5], colors="lime", linewidths=0.6)
+        axis.contour(sample["lesion"], levels=[0.5], colors="red", linewidths=0.6)
+        axis.set_axis_off()
+    figure.suptitle(f"{kind} phantoms ({size}², seed {seed}): lesion (red), organ (green)", fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial.png")
+    figure.savefig(partial, dpi=90)
+    plt.close(figure)
+    os.replace(partial, path)
+    return path
