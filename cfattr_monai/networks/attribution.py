@@ -1,0 +1,161 @@
+"""Attention-gated U-Net on a frozen classifier's encoder: the attribution network of Lenis et al., MICCAI 2020.
+
+Paper §2.1 and §3 "Attribution". The encoding branch is the trained classifier without its classification layers
+(:class:`~cfattr_monai.networks.encoders.ClassifierEncoder`: the last four resolution scales, features right after
+the activation following a convolution), frozen. Each scale ``x`` passes a feature filter (additive attention,
+Schlemper et al. 2019)
+
+    x · σ(W_m ρ(W_lᵀ x + b_l) + b_m),
+
+and the decoding branch has four blocks "upsampling by two → convolution → merging with the attention-gated features
+of the corresponding scale". With the four scales at strides ``s1 < s2 < s3 < s4`` (e.g. 4, 8, 16, 32):
+
+===========  ========================  ===============================  =====================
+block        upsampling                1×1 convolution to depth          merged with (added)
+===========  ========================  ===============================  =====================
+input        —                         —                                 gated scale 4 (s4)
+1            s4 → s3 (nearest, ×2)     channels of scale 3               gated scale 3
+2            s3 → s2                   channels of scale 2               gated scale 2
+3            s2 → s1                   channels of scale 1               gated scale 1
+4            s1 → s1 / 2               channels of scale 1               — (towards the input)
+===========  ========================  ===============================  =====================
+
+then a final nearest upsampling to the input size and a 1×1 convolution of depth two gives ``c1, c2``; the soft map
+is ``|c1| / (|c1| + |c2| + ε)``, thresholded at 0.55 for the binary map. Optionally (``compact``) the soft map is
+mapped into the set S of compact, connected masks (:class:`~cfattr_monai.transforms.masks.SmoothMaxCompact`) so
+that training and inference see the same map. All trainable weights are random-normal initialized.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cfattr_monai.networks.encoders import ClassifierEncoder
+
+__all__ = ["FeatureFilter", "UpsamplingBlock", "AttentionGatedUNet", "soft_attribution_map"]
+
+
+def soft_attribution_map(c1: torch.Tensor, c2: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Soft attribution map ``|c1| / (|c1| + |c2| + ε)`` in [0, 1) (paper §2.1)."""
+    return c1.abs() / (c1.abs() + c2.abs() + eps)
+
+
+class FeatureFilter(nn.Module):
+    """Additive-attention feature filter ``x · σ(W_m ρ(W_lᵀ x + b_l) + b_m)`` (paper §2.1), 1×1 convolutions.
+
+    ``W_l`` maps the ``C`` input channels to ``C_int`` (ρ = ReLU), ``W_m`` maps them to one attention coefficient per
+    pixel (σ = sigmoid) that scales all channels of ``x``, as in the attention gates of Schlemper et al. 2019.
+
+    Args:
+        channels: ``C``.
+        inter_channels: ``C_int``; default ``max(1, C // 2)``.
+
+    Example:
+        >>> FeatureFilter(8)(torch.rand(2, 8, 5, 5)).shape
+        torch.Size([2, 8, 5, 5])
+    """
+
+    def __init__(self, channels: int, inter_channels: int | None = None) -> None:
+        super().__init__()
+        inter_channels = inter_channels or max(1, channels // 2)
+        self.w_l = nn.Conv2d(channels, inter_channels, kernel_size=1)
+        self.w_m = nn.Conv2d(inter_channels, 1, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.w_m(torch.relu(self.w_l(x))))
+
+
+class UpsamplingBlock(nn.Module):
+    """Nearest upsampling to ``size`` → 1×1 convolution → ReLU → plus the gated skip features (when given).
+
+    Example:
+        >>> UpsamplingBlock(16, 8)(torch.rand(1, 16, 4, 4), (8, 8), torch.rand(1, 8, 8, 8)).shape
+        torch.Size([1, 8, 8, 8])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int], skip: torch.Tensor | None = None) -> torch.Tensor:
+        x = torch.relu(self.conv(F.interpolate(x, size=size, mode="nearest")))
+        return x if skip is None else x + skip
+
+
+class AttentionGatedUNet(nn.Module):
+    """Attribution network: frozen classifier encoder, attention-gated skips, four upsampling blocks (see module doc).
+
+    The classifier is frozen (``requires_grad=False``) and stays in eval mode even when this module is put in train
+    mode, so its weights and batch-norm statistics never change; gradients still flow through it to the map.
+
+    Args:
+        classifier: trained classifier that :class:`ClassifierEncoder` supports (e.g. ``MobileNetV1``,
+            MONAI ``DenseNet121``).
+        compact: module mapping the soft map into S (e.g. ``SmoothMaxCompact()``); None returns the raw soft map.
+        init_std: standard deviation of the random-normal initialization of all trainable weights (biases 0).
+        eps: ε of the soft map.
+
+    Example:
+        >>> from cfattr_monai.networks.mobilenet import MobileNetV1
+        >>> net = AttentionGatedUNet(MobileNetV1(width_mult=0.25))
+        >>> net(torch.rand(2, 1, 64, 64)).shape
+        torch.Size([2, 1, 64, 64])
+    """
+
+    def __init__(
+        self, classifier: nn.Module, compact: nn.Module | None = None, init_std: float = 0.02, eps: float = 1e-6
+    ) -> None:
+        super().__init__()
+        if init_std <= 0:
+            raise ValueError(f"AttentionGatedUNet: init_std must be > 0, got {init_std}.")
+        classifier.requires_grad_(False)
+        self.classifier = classifier.eval()
+        self.encoder = ClassifierEncoder(classifier)
+        channels = tuple(self.encoder.channels)
+        if len(channels) != 4:
+            raise ValueError(
+                f"AttentionGatedUNet: the encoder must give four scales, got {len(channels)} ({channels})."
+            )
+        self.filters = nn.ModuleList(FeatureFilter(c) for c in channels)
+        # blocks 1-3 go from scale 4 up to scale 1, block 4 goes from scale 1 towards the input
+        self.blocks = nn.ModuleList(
+            [UpsamplingBlock(channels[3], channels[2]), UpsamplingBlock(channels[2], channels[1])]
+            + [UpsamplingBlock(channels[1], channels[0]), UpsamplingBlock(channels[0], channels[0])]
+        )
+        self.head = nn.Conv2d(channels[0], 2, kernel_size=1)
+        self.compact = compact
+        self.eps = eps
+        for module in [*self.filters, *self.blocks, self.head]:
+            for name, parameter in module.named_parameters():
+                if name.endswith("bias"):
+                    nn.init.zeros_(parameter)
+                else:
+                    nn.init.normal_(parameter, mean=0.0, std=init_std)
+
+    def train(self, mode: bool = True) -> AttentionGatedUNet:
+        """Set the decoder's mode; the frozen classifier always stays in eval mode."""
+        super().train(mode)
+        self.classifier.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the feature filters, blocks and head (what an optimizer should get)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Soft attribution map ``(B, 1, H, W)`` in [0, 1] of ``image`` ``(B, C, H, W)``."""
+        if image.ndim != 4:
+            raise ValueError(f"AttentionGatedUNet: expected an image batch (B, C, H, W), got {tuple(image.shape)}.")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and image.requires_grad):
+            features = self.encoder(image)  # frozen: back-propagate through it only towards an input needing grads
+        gated = [gate(x) for gate, x in zip(self.filters, features)]
+        x = gated[3]
+        for block, skip in zip(self.blocks[:3], reversed(gated[:3])):
+            x = block(x, skip.shape[-2:], skip)
+        x = self.blocks[3](x, (2 * x.shape[-2], 2 * x.shape[-1]))
+        c1, c2 = self.head(x).unbind(dim=1)
+        # nearest upsampling commutes with the 1×1 head and the pixel-wise map: upsample last, on one channel
+        soft_map = F.interpolate(soft_attribution_map(c1, c2, self.eps)[:, None], size=image.shape[-2:], mode="nearest")
+        return soft_map if self.compact is None else self.compact(soft_map)

@@ -1,0 +1,104 @@
+"""AttentionGatedUNet: shapes per backbone, map range, frozen classifier, gradients, feature filter equation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import DenseNet121, EfficientNetBN, ResNet
+
+from cfattr_monai.networks.attribution import AttentionGatedUNet, FeatureFilter, soft_attribution_map
+from cfattr_monai.networks.mobilenet import MobileNetV1
+from cfattr_monai.transforms.masks import SmoothMaxCompact
+
+BACKBONES = {
+    "mobilenet_v1": lambda: MobileNetV1(width_mult=0.25),
+    "densenet121": lambda: DenseNet121(spatial_dims=2, in_channels=1, out_channels=1),
+    "resnet": lambda: ResNet("basic", [1, 1, 1, 1], [8, 16, 32, 64], spatial_dims=2, n_input_channels=1, num_classes=1),
+    "efficientnet_b0": lambda: EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=1, num_classes=1),
+}
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("size", [(64, 64), (96, 64)])
+def test_map_shape_and_range_for_every_backbone(backbone, size):
+    torch.manual_seed(0)
+    net = AttentionGatedUNet(BACKBONES[backbone]()).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 1, *size))
+    assert out.shape == (2, 1, *size)
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+
+
+def test_compact_head_maps_into_unit_interval():
+    net = AttentionGatedUNet(MobileNetV1(width_mult=0.25), compact=SmoothMaxCompact()).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 1, 64, 64))
+    assert out.shape == (2, 1, 64, 64) and 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+
+
+def test_classifier_bit_identical_after_optimizer_steps_in_train_mode():
+    torch.manual_seed(0)
+    classifier = MobileNetV1(width_mult=0.25)
+    net = AttentionGatedUNet(classifier).train()
+    before = {k: v.clone() for k, v in classifier.state_dict().items()}
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        net(torch.rand(4, 1, 64, 64)).mean().backward()
+        optimizer.step()
+    assert not classifier.training, "the frozen classifier must stay in eval mode (batch-norm statistics)"
+    for key, value in classifier.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_gradients_reach_every_trainable_parameter_only():
+    torch.manual_seed(0)
+    classifier = MobileNetV1(width_mult=0.25)
+    net = AttentionGatedUNet(classifier)
+    (net(torch.rand(2, 1, 64, 64)) * torch.rand(2, 1, 64, 64)).sum().backward()
+    trainable = net.trainable_parameters()
+    assert trainable and all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+    assert all(p.grad is None for p in classifier.parameters())
+
+
+def test_input_gradient_flows_through_frozen_encoder():
+    net = AttentionGatedUNet(MobileNetV1(width_mult=0.25))
+    image = torch.rand(1, 1, 64, 64, requires_grad=True)
+    net(image).sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+
+
+def test_feature_filter_equation():
+    torch.manual_seed(0)
+    gate = FeatureFilter(4, inter_channels=3)
+    x = torch.randn(2, 4, 5, 5)
+    w_l, b_l = gate.w_l.weight[:, :, 0, 0], gate.w_l.bias
+    w_m, b_m = gate.w_m.weight[:, :, 0, 0], gate.w_m.bias
+    hidden = torch.relu(torch.einsum("oc,bchw->bohw", w_l, x) + b_l[:, None, None])
+    expected = x * torch.sigmoid(torch.einsum("oc,bchw->bohw", w_m, hidden) + b_m[:, None, None])
+    torch.testing.assert_close(gate(x), expected)
+
+
+@pytest.mark.parametrize(
+    "c1, c2, expected", [(1.0, 1.0, 0.5), (-3.0, 1.0, 0.75), (0.0, 2.0, 0.0), (2.0, 0.0, 1.0)]
+)
+def test_soft_attribution_map(c1, c2, expected):
+    value = soft_attribution_map(torch.tensor([c1]), torch.tensor([c2]))
+    assert float(value) == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, image_shape, error",
+    [
+        ({"init_std": 0.0}, (1, 1, 64, 64), ValueError),
+        ({}, (1, 64, 64), ValueError),
+    ],
+)
+def test_bad_arguments(kwargs, image_shape, error):
+    with pytest.raises(error):
+        AttentionGatedUNet(MobileNetV1(width_mult=0.25), **kwargs)(torch.rand(*image_shape))
+
+
+def test_unsupported_backbone_is_rejected():
+    with pytest.raises(TypeError):
+        AttentionGatedUNet(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3)))

@@ -1,0 +1,80 @@
+"""Smooth-max mapping into compact masks: range, connected components, differentiability, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from cfattr_monai.transforms.masks import SmoothMaxCompact, gaussian_rbf_smooth_max, map_into_compact
+
+
+def _blobs(size: tuple[int, int], centers, radius: float) -> torch.Tensor:
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    mask = np.zeros(size, np.float32)
+    for cy, cx in centers:
+        mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = 1.0
+    return torch.from_numpy(mask)[None, None]
+
+
+def _components(mask: torch.Tensor, threshold: float = 0.55) -> int:
+    return int(ndimage.label(mask[0, 0].detach().numpy() > threshold)[1])
+
+
+@pytest.mark.parametrize(
+    "size, centers, radius",
+    [
+        ((64, 64), [(32, 32)], 3),
+        ((64, 64), [(10, 10), (50, 50)], 2),
+        ((128, 128), [(20, 20), (24, 30), (100, 90)], 4),
+        ((128, 96), [(30, 30), (30, 60), (90, 48)], 1),
+        ((576, 448), [(100, 100), (400, 300)], 10),
+    ],
+)
+def test_no_more_components_than_input(size, centers, radius):
+    mask = _blobs(size, centers, radius)
+    compact = map_into_compact(mask)
+    assert compact.shape == mask.shape
+    assert 1 <= _components(compact) <= _components(mask)
+    # every input region is kept (a small region never vanishes)
+    assert bool((compact[mask > 0] > 0.55).all())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_soft_maps_stay_in_unit_interval_and_do_not_fragment(seed):
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.rand(1, 1, 96, 96, generator=generator)
+    mask = (torch.nn.functional.avg_pool2d(noise, 9, 1, 4) > 0.55).float()
+    compact = map_into_compact(noise * mask)
+    assert 0.0 <= float(compact.min()) and float(compact.max()) <= 1.0
+    assert _components(compact) <= max(1, _components(mask, 0.5))
+
+
+def test_differentiable():
+    mask = torch.rand(2, 1, 64, 64, requires_grad=True)
+    SmoothMaxCompact()(mask).sum().backward()
+    assert mask.grad is not None and torch.isfinite(mask.grad).all() and mask.grad.abs().sum() > 0
+
+
+def test_smooth_max_tends_to_rbf_dilation():
+    mask = torch.zeros(1, 1, 31, 31)
+    mask[0, 0, 15, 15] = 1.0
+    out = gaussian_rbf_smooth_max(mask, sigma=3.0, smoothing=30.0)[0, 0]
+    assert float(out[15, 15]) == pytest.approx(1.0, abs=1e-3)
+    # one sigma away the RBF weight is e^{-1/2}; the smooth max stays close to it
+    assert float(out[15, 18]) == pytest.approx(np.exp(-0.5), abs=0.02)
+    assert float(out[0, 0]) < 1e-3
+
+
+def test_empty_map_stays_empty():
+    assert float(map_into_compact(torch.zeros(1, 1, 64, 64)).max()) == 0.0
+
+
+@pytest.mark.parametrize(
+    "shape, kwargs",
+    [((1, 64, 64), {}), ((1, 2, 64, 64), {}), ((1, 1, 64, 64), {"sigma_fraction": 0.0}), ((1, 1, 64, 64), {"cells_per_sigma": 0.5})],
+)
+def test_bad_inputs(shape, kwargs):
+    with pytest.raises(ValueError):
+        map_into_compact(torch.rand(*shape), **kwargs)
