@@ -1,0 +1,256 @@
+"""The attribution methods the paper compares against (§4 "Attribution" and "Timing"), on the *same* classifier.
+
+* **Grad-CAM** (Selvaraju et al., ICCV 2017, paper ref. [25]): ``M = ReLU(Σ_k α_k A^k)``, ``α_k`` the spatial mean of
+  ``∂z/∂A^k`` for the pathology logit z and the feature maps A of the classifier's coarsest scale, upsampled to the
+  image. Runs :class:`monai.visualize.GradCAM` as it is, batched.
+* **Gradient saliency** (Simonyan et al. 2013, ref. [26]): ``M = |∂z/∂I|``. :class:`SaliencyBaseline` runs
+  :class:`monai.visualize.VanillaGrad` as it is (it accepts batch 1 only, so images are looped over);
+  :func:`saliency_batched` computes the same map for a whole batch with one backward pass to the input and no weight
+  gradients — the most efficient honest peer for timing.
+* **Iterative counterfactual** (Major et al., ISBI 2020, ref. [22]): per image, gradient descent (Adam) on a mask
+  with the *same* marginalizer π, the same :class:`~cfattr_monai.losses.attribution.CounterfactualLoss` (area
+  constraint included) and the same smooth-max mapping into compact masks as the attributor; see
+  :class:`IterativeCounterfactual` for the parametrization and the stopping criterion.
+
+All maps are (B, 1, H, W) in [0, 1] (min–max per image; 1 = most attributed). Every method switches gradients on
+itself (``torch.enable_grad()``, and out of ``torch.inference_mode``), so it also runs inside a MONAI evaluator,
+which evaluates under ``no_grad``. The classifier's weights may be frozen (``requires_grad=False``, as
+:func:`cfattr_monai.bundle.load_network` returns them): the gradient then reaches the target layer through the input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import DenseNet, EfficientNet, ResNet
+from monai.visualize import GradCAM, VanillaGrad
+from torch import nn
+
+from cfattr_monai.networks.classifier_output import pathology_logit
+from cfattr_monai.networks.mobilenet import MobileNetV1
+from cfattr_monai.transforms.masks import map_into_compact
+
+__all__ = [
+    "GRADCAM_TARGET_LAYERS",
+    "GradCAMBaseline",
+    "IterativeCounterfactual",
+    "SaliencyBaseline",
+    "gradcam_target_layer",
+    "normalize_per_image",
+    "saliency_batched",
+]
+
+#: Grad-CAM target layer per backbone: the activation of the coarsest scale, the same feature map that
+#: :class:`cfattr_monai.networks.encoders.ClassifierEncoder` hands the attributor last.
+GRADCAM_TARGET_LAYERS: dict[type[nn.Module], str] = {
+    MobileNetV1: "features.block13.pointwise.adn.A",
+    DenseNet: "class_layers.relu",
+    ResNet: "layer4",
+    EfficientNet: "_swish",
+}
+#: The pathology logit is the single output of the binary classifiers (``classifier_output``).
+PATHOLOGY_INDEX = 0
+
+
+def gradcam_target_layer(classifier: nn.Module) -> str:
+    """The name of the Grad-CAM target layer of ``classifier`` from :data:`GRADCAM_TARGET_LAYERS`.
+
+    Raises:
+        TypeError: the backbone is not in the table.
+    """
+    for cls, layer in GRADCAM_TARGET_LAYERS.items():
+        if isinstance(classifier, cls):
+            return layer
+    known = ", ".join(cls.__qualname__ for cls in GRADCAM_TARGET_LAYERS)
+    raise TypeError(
+        f"gradcam_target_layer: no Grad-CAM layer known for {type(classifier).__qualname__} (known: {known}); "
+        "pass target_layer='<name from classifier.named_modules()>' (the last activation of the coarsest scale)."
+    )
+
+
+def normalize_per_image(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Min–max scale each image's map to [0, 1] (a constant map becomes 0)."""
+    flat = maps.flatten(1)
+    low, high = flat.min(dim=1).values, flat.max(dim=1).values
+    shape = (-1,) + (1,) * (maps.ndim - 1)
+    return (maps - low.view(shape)) / (high - low).clamp_min(eps).view(shape)
+
+
+def _gradient_ready(images: torch.Tensor) -> torch.Tensor:
+    """A copy of ``images`` outside inference mode that requires grad (so frozen classifiers still backprop)."""
+    return images.detach().clone().requires_grad_(True)
+
+
+class GradCAMBaseline:
+    """Grad-CAM of the pathology logit through :class:`monai.visualize.GradCAM`, batched.
+
+    Args:
+        classifier: binary classifier, output (B, 1) pathology logit; frozen weights allowed.
+        target_layer: name of the layer whose activations and gradients are used; default from
+            :func:`gradcam_target_layer`.
+
+    Example:
+        >>> from cfattr_monai.networks.mobilenet import MobileNetV1
+        >>> cam = GradCAMBaseline(MobileNetV1(width_mult=0.25).eval())
+        >>> cam(torch.rand(2, 1, 64, 64)).shape
+        torch.Size([2, 1, 64, 64])
+    """
+
+    def __init__(self, classifier: nn.Module, target_layer: str | None = None) -> None:
+        self.target_layer = gradcam_target_layer(classifier) if target_layer is None else target_layer
+        if self.target_layer not in dict(classifier.named_modules()):
+            raise ValueError(
+                f"GradCAMBaseline: target_layer {self.target_layer!r} is not a module of "
+                f"{type(classifier).__qualname__}; pick one from classifier.named_modules()."
+            )
+        # MONAI's default post-processing maps (min, max) to (1, 0); attribution maps keep 1 = most attributed.
+        self.cam = GradCAM(nn_module=classifier, target_layers=self.target_layer, postprocessing=normalize_per_image)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Maps (B, 1, H, W) in [0, 1] for images (B, 1, H, W)."""
+        with torch.inference_mode(False), torch.enable_grad():
+            maps = self.cam(_gradient_ready(images), class_idx=PATHOLOGY_INDEX)
+        return maps.detach()
+
+
+class SaliencyBaseline:
+    """Gradient saliency ``|∂z/∂I|`` of the pathology logit through :class:`monai.visualize.VanillaGrad`.
+
+    VanillaGrad accepts one image at a time; a batch is looped over, as a user of MONAI's implementation does.
+
+    Args:
+        classifier: binary classifier, output (B, 1) pathology logit; frozen weights allowed.
+
+    Example:
+        >>> from cfattr_monai.networks.mobilenet import MobileNetV1
+        >>> SaliencyBaseline(MobileNetV1(width_mult=0.25).eval())(torch.rand(2, 1, 64, 64)).shape
+        torch.Size([2, 1, 64, 64])
+    """
+
+    def __init__(self, classifier: nn.Module) -> None:
+        self.saliency = VanillaGrad(classifier)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Maps (B, 1, H, W) in [0, 1] for images (B, 1, H, W)."""
+        with torch.inference_mode(False), torch.enable_grad():
+            grads = [self.saliency(_gradient_ready(image[None]), index=PATHOLOGY_INDEX) for image in images]
+        return normalize_per_image(torch.cat(grads).abs().amax(dim=1, keepdim=True))
+
+
+def saliency_batched(classifier: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Gradient saliency ``|∂z/∂I|`` (Simonyan et al. 2013) for a whole batch in one forward and backward pass.
+
+    The same map as :class:`SaliencyBaseline`; only the input gradient is computed (``torch.autograd.grad`` with the
+    image as the sole input), never weight gradients. The classifier runs in whatever mode it is in (use eval mode).
+
+    Args:
+        classifier: binary classifier, output (B, 1) or (B, 2); frozen weights allowed.
+        images: (B, C, H, W).
+
+    Returns:
+        maps (B, 1, H, W) in [0, 1], the maximum over input channels.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        inputs = _gradient_ready(images)
+        (grad,) = torch.autograd.grad(pathology_logit(classifier(inputs)).sum(), inputs)
+    return normalize_per_image(grad.abs().amax(dim=1, keepdim=True))
+
+
+class IterativeCounterfactual:
+    """The iterative counterfactual method of Major et al. (ISBI 2020, ref. [22]): one optimization per image.
+
+    The mask is parametrized by logits θ on a grid ``grid_stride`` times coarser than the image (smooth masks, fewer
+    unknowns), ``M = S(up(σ(θ)))`` with bilinear upsampling ``up`` and the smooth-max mapping S into compact masks
+    (:func:`~cfattr_monai.transforms.masks.map_into_compact`, as the attributor uses it). θ starts at 0 (M = 0.5
+    before S) and Adam minimizes ``loss(M, target)`` — the attributor's :class:`CounterfactualLoss`, which holds the
+    frozen classifier, the marginalizer π and the area constraint d(M) ≤ δ.
+
+    Stopping criterion (documented default): the loss has plateaued — relative change
+    ``|L_t − L_{t−1}| / max(|L_{t−1}|, 1e-8) < tol`` for ``patience`` consecutive steps — *and* the counterfactual is
+    classified healthy, ``p(c|π(M)) < θ`` (or the image was not flagged in the first place); otherwise after
+    ``max_iterations`` steps. The flip is checked (one extra forward pass) only once the loss has plateaued.
+
+    Args:
+        loss: a :class:`~cfattr_monai.losses.attribution.CounterfactualLoss` (its ``terms`` give p(c|π(M))).
+        max_iterations: N, the iteration budget per image.
+        learning_rate: Adam's step size on θ.
+        tol: relative loss change below which a step counts as "no progress".
+        patience: number of consecutive such steps that make a plateau.
+        grid_stride: the mask grid is ``ceil(H / grid_stride) × ceil(W / grid_stride)``.
+        compact: the mapping into compact masks.
+
+    Example:
+        >>> from cfattr_monai.losses.attribution import CounterfactualLoss
+        >>> clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32, 1)).requires_grad_(False)
+        >>> method = IterativeCounterfactual(CounterfactualLoss(clf, lambda i, m: (1 - m) * i, delta=0.1),
+        ...                                  max_iterations=5)
+        >>> method(torch.rand(2, 1, 32, 32)).shape, len(method.last_runs)
+        (torch.Size([2, 1, 32, 32]), 2)
+    """
+
+    def __init__(
+        self,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        max_iterations: int = 300,
+        learning_rate: float = 0.1,
+        tol: float = 1e-3,
+        patience: int = 10,
+        grid_stride: int = 8,
+        compact: Callable[[torch.Tensor], torch.Tensor] = map_into_compact,
+    ) -> None:
+        if max_iterations < 1 or patience < 1 or grid_stride < 1 or learning_rate <= 0 or tol < 0:
+            raise ValueError(
+                "IterativeCounterfactual: need max_iterations, patience, grid_stride >= 1, learning_rate > 0 and "
+                f"tol >= 0, got {max_iterations}, {patience}, {grid_stride}, {learning_rate}, {tol}."
+            )
+        self.loss, self.compact = loss, compact
+        self.max_iterations, self.learning_rate, self.tol = max_iterations, learning_rate, tol
+        self.patience, self.grid_stride = patience, grid_stride
+        #: one ``{"iterations", "converged", "p_counterfactual"}`` per image of the last call.
+        self.last_runs: list[dict[str, float | int | bool]] = []
+
+    def mask(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``M = S(up(σ(θ)))`` at the image size."""
+        return self.compact(F.interpolate(torch.sigmoid(logits), size=size, mode="bilinear", align_corners=False))
+
+    def _counterfactual_done(self, mask: torch.Tensor, target: torch.Tensor) -> tuple[bool, float]:
+        """Whether π(M) is classified healthy (or I was not flagged), and p(c|π(M))."""
+        with torch.no_grad():
+            terms = self.loss.terms(mask, target)
+        p = float(terms["p_counterfactual"][0])
+        return bool(terms["flagged"][0] == 0) or p < self.loss.threshold, p
+
+    def explain_one(self, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float | int | bool]]:
+        """Optimize the mask of one image; ``target`` is (1, C, H, W) as the loss expects it (image [+ organ])."""
+        size = tuple(target.shape[-2:])
+        grid = tuple(math.ceil(s / self.grid_stride) for s in size)
+        logits = torch.zeros(1, 1, *grid, device=target.device, requires_grad=True)
+        optimizer = torch.optim.Adam([logits], lr=self.learning_rate)
+        previous, calm_steps, done, p_counterfactual = math.inf, 0, False, math.nan
+        for iteration in range(1, self.max_iterations + 1):
+            value = self.loss(self.mask(logits, size), target)
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+            current = value.detach().item()
+            calm_steps = calm_steps + 1 if abs(current - previous) < self.tol * max(abs(previous), 1e-8) else 0
+            previous = current
+            if calm_steps >= self.patience:
+                done, p_counterfactual = self._counterfactual_done(self.mask(logits.detach(), size), target)
+                if done:
+                    break
+                calm_steps = 0
+        final = self.mask(logits.detach(), size)
+        if not done:
+            p_counterfactual = self._counterfactual_done(final, target)[1]
+        return final, {"iterations": iteration, "converged": done, "p_counterfactual": p_counterfactual}
+
+    def __call__(self, targets: torch.Tensor) -> torch.Tensor:
+        """Soft maps (B, 1, H, W) in [0, 1] for ``targets`` (B, C, H, W), one optimization per image."""
+        with torch.inference_mode(False), torch.enable_grad():
+            results = [self.explain_one(target[None].detach().clone()) for target in targets]
+        self.last_runs = [info for _, info in results]
+        return torch.cat([mask for mask, _ in results])
