@@ -85,7 +85,20 @@ def _register_prepare(subparsers) -> None:
     parser.set_defaults(func=_run_prepare)
 
 
-REGISTRARS = (_register_phantoms, _register_prepare)
+def _register_explain(subparsers) -> None:
+    from cfattr_monai.explain.cli_explain import add_arguments
+
+    parser = subparsers.add_parser(
+        "explain",
+        help="attribution maps, overlays, counterfactuals (+ DICOM Secondary Captures) for image files or folders",
+        description="Explain PNG, DICOM and NIfTI images with a trained attributor bundle; writes per image the "
+        "soft and binary map (NIfTI), overlay and counterfactual (PNG), DICOM Secondary Captures for DICOM "
+        "inputs, and one row of OUT/explanations.csv (docs/dicom.md).",
+    )
+    add_arguments(parser)
+
+
+REGISTRARS = (_register_phantoms, _register_prepare, _register_explain)
 
 
 def build_parser() -> argparse.ArgumentParser:

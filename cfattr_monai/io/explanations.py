@@ -1,4 +1,4 @@
-"""``cfattr explain``: counterfactual attribution maps for files or folders of PNG, DICOM and NIfTI images.
+"""Counterfactual explanations of image files or folders, written as files a clinic can use (``cfattr explain``).
 
 For every input image, in a stream of batches (a folder of any size never sits in memory)::
 
@@ -19,7 +19,6 @@ UID) through :func:`~cfattr_monai.io.outputs.safe_stem`, so no input name can pl
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import os
@@ -42,7 +41,7 @@ from cfattr_monai.io.dicom import DicomInputError, read_header, series_descripti
 from cfattr_monai.io.images import ImageInputError, is_dicom_file, iter_image_files, load_image
 from cfattr_monai.io.outputs import CsvRowWriter, UniqueStems, atomic_path, output_path
 
-__all__ = ["CSV_COLUMNS", "add_arguments", "run", "explain_images", "bundle_image_size", "render_overlay"]
+__all__ = ["CSV_COLUMNS", "explain_images", "bundle_image_size", "render_overlay"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,40 +54,6 @@ IMAGE_SIZE_KEYS = ("image_size", "spatial_size")  # bundle config keys naming th
 FOREGROUND_LEVEL = 0.05  # foreground (breast / body) = pixels above 5 % of the intensity range
 OVERLAY_ALPHA = 0.5
 CONTOUR_RGB = (0, 255, 0)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``explain`` arguments to ``parser`` and set its ``func`` to :func:`run`."""
-    parser.add_argument("images", nargs="+", help="image files or folders (PNG, DICOM, NIfTI), walked recursively")
-    parser.add_argument("--bundle", required=True, help="trained attributor bundle folder, e.g. bundles/attributor")
-    parser.add_argument("--overlays", nargs="*", default=[], help="config overlays relative to the bundle")
-    parser.add_argument("--out", required=True, help="output folder (created; existing explanations.csv is extended)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
-    parser.add_argument(
-        "--image-size", type=int, nargs=2, metavar=("X", "Y"), help="network input size; default: the bundle's"
-    )
-    parser.add_argument("--skip-bad", action="store_true", help="warn and skip unreadable images instead of stopping")
-    parser.set_defaults(func=run)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``cfattr explain``: load the bundle's explainer and explain ``args.images``."""
-    from cfattr_monai.explain.counterfactual import load_explainer
-
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}.")
-    image_size = tuple(args.image_size) if args.image_size else bundle_image_size(args.bundle, args.overlays)
-    explainer = load_explainer(args.bundle, args.overlays, device=args.device)
-    summary = explain_images(
-        explainer, args.images, args.out, image_size, args.batch_size, args.device, skip_bad=args.skip_bad
-    )
-    print(
-        f"explained {summary['explained']} image(s), skipped {summary['skipped']}, resized {summary['resized']}; "
-        f"results in {summary['csv']}"
-    )
-    return 0
 
 
 def bundle_image_size(bundle_dir: str | os.PathLike, overlays: Sequence[str] = ()) -> tuple[int, int]:
