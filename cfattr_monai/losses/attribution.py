@@ -1,0 +1,232 @@
+"""Counterfactual attribution loss of Lenis et al., MICCAI 2020, §2.1.
+
+    L(M) = g_φ(φ(M)) + g_ψ(ψ(M)) + λ · g_R(R(M)),   subject to d(M) ≤ δ,
+
+with the marginalized image π(M) (healthy tissue inpainted under M) and the frozen classifier's p(c|·):
+
+* φ(M) = −log(1 − p(c|π(M))): −log of the *healthy* class probability of π(M). The paper writes −log p(c|π(M))
+  with c = pathology, which minimized would *raise* p(c|π(M)); its stated intent is p(c|π(M)) ≤ θ, implemented here.
+* ψ(M) = log odds(π(M)) − log odds(I): the change in the pathology's log-odds, signed so that minimizing it lowers
+  p(c|π(M)) (the paper's ψ with the sign of the intent).
+* R(M): weighted total variation (Peng et al. 2019, ref. [23]), edge-aware: jumps of M are cheap on image edges.
+* g: a generalized logistic function per term (bounded, so no term dominates; parameters per term).
+* d(M) ≤ δ: the quadratic penalty of Kervadec et al. 2019 (ref. [15]), zero when the constraint holds.
+
+Log-odds are plain logit differences (:func:`~cfattr_monai.networks.classifier_output.pathology_logit`) and
+−log(1 − p) = softplus(logit), so no term is ever Inf or NaN.
+
+Which images: the loss only makes sense for images the classifier flags (p(c|I) ≥ θ). φ and ψ are therefore
+applied to flagged images only; every image gets the area terms, with δ for flagged images and 0 for the others, so
+the maps of images the classifier calls healthy are driven empty (the argmin d(M) of the paper's definition of M̂).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from cfattr_monai.networks.classifier_output import pathology_logit
+
+__all__ = [
+    "phi",
+    "psi",
+    "weighted_total_variation",
+    "generalized_logistic",
+    "area",
+    "area_penalty",
+    "mean_lesion_fraction",
+    "CounterfactualLoss",
+]
+
+
+def phi(counterfactual_logit: torch.Tensor) -> torch.Tensor:
+    """φ(M) = −log(1 − p(c|π(M))) = softplus(log odds(π(M))), per image; falls as p(c|π(M)) falls."""
+    return F.softplus(counterfactual_logit)
+
+
+def psi(counterfactual_logit: torch.Tensor, image_logit: torch.Tensor) -> torch.Tensor:
+    """ψ(M) = log odds(π(M)) − log odds(I), per image; negative once π(M) looks healthier than I."""
+    return counterfactual_logit - image_logit
+
+
+def weighted_total_variation(mask: torch.Tensor, image: torch.Tensor, edge_scale: float = 0.1) -> torch.Tensor:
+    """R(M) = mean_u w(u) · (|∂_x M(u)| + |∂_y M(u)|), w(u) = exp(−‖∇I(u)‖² / (2 s²)), per image (ref. [23]).
+
+    Args:
+        mask: ``(B, 1, H, W)`` map M.
+        image: ``(B, C, H, W)`` image I (channels averaged) in [0, 1].
+        edge_scale: ``s``, the image-gradient magnitude at which a jump of M costs e^{-1/2} of its flat-region price.
+    """
+    grey = image.mean(dim=1, keepdim=True)
+    weight_x = torch.exp(-(grey[..., :, 1:] - grey[..., :, :-1]) ** 2 / (2 * edge_scale**2))
+    weight_y = torch.exp(-(grey[..., 1:, :] - grey[..., :-1, :]) ** 2 / (2 * edge_scale**2))
+    tv_x = (weight_x * (mask[..., :, 1:] - mask[..., :, :-1]).abs()).flatten(1).mean(dim=1)
+    tv_y = (weight_y * (mask[..., 1:, :] - mask[..., :-1, :]).abs()).flatten(1).mean(dim=1)
+    return tv_x + tv_y
+
+
+def generalized_logistic(
+    t: torch.Tensor,
+    lower: float = 0.0,
+    upper: float = 1.0,
+    growth: float = 1.0,
+    shift: float = 0.0,
+    nu: float = 1.0,
+) -> torch.Tensor:
+    """Generalized logistic (Richards) function ``Y(t) = A + (K − A) / (1 + e^{−B (t − t₀)})^{1/ν}``.
+
+    Args:
+        t: input.
+        lower: A, the lower asymptote.
+        upper: K, the upper asymptote.
+        growth: B > 0, the growth rate.
+        shift: t₀, where the curve is steepest for ν = 1.
+        nu: ν > 0, asymmetry.
+    """
+    return lower + (upper - lower) * torch.exp(-F.softplus(-growth * (t - shift)) / nu)
+
+
+def area(mask: torch.Tensor) -> torch.Tensor:
+    """d(M): the attributed fraction of the image, ``mean_u M(u)`` per image."""
+    return mask.flatten(1).mean(dim=1)
+
+
+def area_penalty(area_value: torch.Tensor, delta: torch.Tensor | float) -> torch.Tensor:
+    """Quadratic penalty of Kervadec et al. 2019 for ``d(M) ≤ δ``: ``max(0, d(M) − δ)²``, zero when it holds."""
+    return torch.relu(area_value - delta) ** 2
+
+
+def mean_lesion_fraction(datalist: str | Path, key: str = "training", lesion_key: str = "lesion") -> float:
+    """Mean lesion area of the pathological images of a datalist, as a fraction of the image area.
+
+    The paper's δ for mammography is "n times the average mass size": δ = n × this value.
+
+    Raises:
+        FileNotFoundError: the datalist is missing.
+        ValueError: no item of ``key`` has a lesion mask.
+    """
+    from monai.data import load_decathlon_datalist
+    from monai.transforms import LoadImage
+
+    path = Path(datalist)
+    if not path.is_file():
+        raise FileNotFoundError(f"mean_lesion_fraction: datalist {path} not found; create the data set first.")
+    items = load_decathlon_datalist(str(path), data_list_key=key, base_dir=str(path.parent))
+    loader = LoadImage(image_only=True)
+    fractions = [
+        float((np.asarray(loader(item[lesion_key])) > 0).mean())
+        for item in items
+        if item.get("label") == 1 and item.get(lesion_key)
+    ]
+    if not fractions:
+        raise ValueError(
+            f"mean_lesion_fraction: no pathological item with a `{lesion_key}` mask under `{key}` in {path}; "
+            "give δ explicitly instead."
+        )
+    return float(np.mean(fractions))
+
+
+class CounterfactualLoss(nn.Module):
+    """``L(M)`` of Lenis et al. 2020 (module doc): a loss of the map M given the image I, for a frozen classifier.
+
+    ``forward(mask, target)`` takes the map M ``(B, 1, H, W)`` in [0, 1] and ``target``: the image I
+    ``(B, 1, H, W)``, or I stacked with the organ mask ``(B, 2, H, W)`` when δ is a fraction of the organ area
+    (``delta_of="organ"``). It computes π(M) with ``marginalizer`` and p(c|·) with ``classifier``, neither trained.
+
+    Args:
+        classifier: frozen binary classifier (output ``(B, 1)`` or ``(B, 2)``).
+        marginalizer: π, ``marginalizer(image, mask) -> image`` (e.g. ``InpaintMarginalizer``).
+        delta: δ, the area limit as a fraction of the image (or organ) area.
+        delta_of: ``"image"`` or ``"organ"``.
+        threshold: θ, the classification threshold that defines "flagged" (p(c|I) ≥ θ).
+        tv_weight: λ.
+        area_penalty_weight: μ, weight of the Kervadec penalty for d(M) ≤ δ.
+        area_weight: α, weight of d(M) itself (the argmin d(M) of the definition of M̂).
+        phi_logistic, psi_logistic, tv_logistic: keyword arguments of :func:`generalized_logistic` per term.
+
+    Example:
+        >>> clf = nn.Sequential(nn.Flatten(), nn.LazyLinear(1))
+        >>> loss = CounterfactualLoss(clf, lambda i, m: (1 - m) * i, delta=0.1)
+        >>> value = loss(torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16))
+        >>> value.ndim
+        0
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        marginalizer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        delta: float,
+        delta_of: str = "image",
+        threshold: float = 0.5,
+        tv_weight: float = 0.1,
+        area_penalty_weight: float = 100.0,
+        area_weight: float = 1.0,
+        phi_logistic: dict | None = None,
+        psi_logistic: dict | None = None,
+        tv_logistic: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < delta <= 1.0:
+            raise ValueError(f"CounterfactualLoss: delta is an area fraction in (0, 1], got {delta}.")
+        if delta_of not in ("image", "organ"):
+            raise ValueError(f"CounterfactualLoss: delta_of must be 'image' or 'organ', got {delta_of!r}.")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"CounterfactualLoss: threshold θ must be in (0, 1), got {threshold}.")
+        self.classifier, self.marginalizer = classifier, marginalizer
+        self.delta, self.delta_of, self.threshold = delta, delta_of, threshold
+        self.tv_weight, self.area_penalty_weight, self.area_weight = tv_weight, area_penalty_weight, area_weight
+        # defaults: φ steepest at φ(θ) = −log(1 − θ), ψ at 0 (no change yet), R at 0 (growth 10: R is a small mean)
+        self.phi_logistic = {"shift": -math.log(1.0 - threshold), **(phi_logistic or {})}
+        self.psi_logistic = {"shift": 0.0, **(psi_logistic or {})}
+        self.tv_logistic = {"growth": 10.0, **(tv_logistic or {})}
+
+    def terms(self, mask: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-image terms: ``phi``, ``psi``, ``tv``, ``area``, ``delta``, ``flagged``, ``p``, ``p_counterfactual``."""
+        if mask.ndim != 4 or mask.shape[1] != 1:
+            raise ValueError(f"CounterfactualLoss: the map must be (B, 1, H, W), got {tuple(mask.shape)}.")
+        expected_channels = 2 if self.delta_of == "organ" else 1
+        if target.ndim != 4 or target.shape[1] != expected_channels or target.shape[-2:] != mask.shape[-2:]:
+            raise ValueError(
+                f"CounterfactualLoss: target must be (B, {expected_channels}, H, W) = the image"
+                f"{' and the organ mask' if expected_channels == 2 else ''} at the map's size "
+                f"{tuple(mask.shape[-2:])}, got {tuple(target.shape)}; with delta_of='organ' stack the organ "
+                "mask as a second channel."
+            )
+        image = target[:, :1]
+        with torch.no_grad():
+            image_logit = pathology_logit(self.classifier(image))
+        counterfactual_logit = pathology_logit(self.classifier(self.marginalizer(image, mask)))
+        relative_area = area(mask)
+        if self.delta_of == "organ":
+            relative_area = relative_area / area(target[:, 1:]).clamp_min(1e-6)
+        flagged = (torch.sigmoid(image_logit) >= self.threshold).to(mask.dtype)
+        return {
+            "phi": phi(counterfactual_logit),
+            "psi": psi(counterfactual_logit, image_logit),
+            "tv": weighted_total_variation(mask, image),
+            "area": relative_area,
+            "delta": flagged * self.delta,
+            "flagged": flagged,
+            "p": torch.sigmoid(image_logit),
+            "p_counterfactual": torch.sigmoid(counterfactual_logit),
+        }
+
+    def forward(self, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        t = self.terms(mask, target)
+        counterfactual = generalized_logistic(t["phi"], **self.phi_logistic) + generalized_logistic(
+            t["psi"], **self.psi_logistic
+        )
+        per_image = (
+            t["flagged"] * counterfactual
+            + self.tv_weight * generalized_logistic(t["tv"], **self.tv_logistic)
+            + self.area_penalty_weight * area_penalty(t["area"], t["delta"])
+            + self.area_weight * t["area"]
+        )
+        return per_image.mean()

@@ -1,0 +1,151 @@
+"""CounterfactualLoss: direction, area penalty, finiteness, flagged/healthy handling, δ helper, bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from cfattr_monai.losses.attribution import (
+    CounterfactualLoss,
+    area_penalty,
+    generalized_logistic,
+    mean_lesion_fraction,
+    phi,
+    psi,
+    weighted_total_variation,
+)
+
+
+class MeanIntensityClassifier(nn.Module):
+    """Logit = scale · (mean intensity − 0.5): bright images are 'pathological'."""
+
+    def __init__(self, scale: float = 40.0) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return self.scale * (x.flatten(1).mean(dim=1, keepdim=True) - 0.5)
+
+
+def darken(image, mask):
+    """π(M) = (1 − M) ⊙ I: the marginalized region becomes black (healthy for this classifier)."""
+    return (1 - mask) * image
+
+
+@pytest.mark.parametrize("image_logit", [0.0, 3.0])
+def test_phi_and_psi_fall_as_counterfactual_probability_falls(image_logit):
+    counterfactual_logits = torch.tensor([6.0, 2.0, 0.0, -2.0, -6.0])
+    for term in (phi(counterfactual_logits), psi(counterfactual_logits, torch.tensor(image_logit))):
+        assert bool((term[1:] < term[:-1]).all())
+
+
+def test_phi_psi_finite_for_extreme_logits():
+    logits = torch.tensor([-1e4, 0.0, 1e4])
+    assert torch.isfinite(phi(logits)).all() and torch.isfinite(psi(logits, -logits)).all()
+
+
+def test_loss_falls_as_counterfactual_probability_falls():
+    torch.manual_seed(0)
+    image = torch.full((1, 1, 32, 32), 0.6)  # p(c|I) = σ(4) ≈ 0.98: flagged
+    loss = CounterfactualLoss(MeanIntensityClassifier(), darken, delta=1.0, tv_weight=0.0, area_weight=0.0)
+    values, probabilities = [], []
+    for size in (0, 4, 8, 12):  # larger darkened square → lower p(c|π(M))
+        mask = torch.zeros(1, 1, 32, 32)
+        mask[..., :size, :size] = 1.0
+        values.append(float(loss(mask, image)))
+        probabilities.append(float(loss.terms(mask, image)["p_counterfactual"]))
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert values == sorted(values, reverse=True) and values[0] > values[-1]
+
+
+def test_gradient_lowers_counterfactual_probability():
+    image = torch.full((1, 1, 16, 16), 0.6)
+    mask = torch.full((1, 1, 16, 16), 0.1, requires_grad=True)
+    loss = CounterfactualLoss(MeanIntensityClassifier(), darken, delta=1.0, tv_weight=0.0, area_weight=0.0)
+    loss(mask, image).backward()
+    assert bool((mask.grad < 0).all()), "descending the loss must grow the darkened (marginalized) region"
+
+
+@pytest.mark.parametrize(
+    "area_value, delta, expected",
+    [(0.0, 0.1, 0.0), (0.05, 0.1, 0.0), (0.1, 0.1, 0.0), (0.2, 0.1, 0.01), (0.3, 0.1, 0.04), (0.5, 0.0, 0.25)],
+)
+def test_area_penalty_zero_below_delta_growing_above(area_value, delta, expected):
+    assert float(area_penalty(torch.tensor(area_value), delta)) == pytest.approx(expected, abs=1e-7)
+
+
+def test_unflagged_images_only_pay_for_area():
+    image = torch.full((1, 1, 16, 16), 0.4)  # p(c|I) = σ(−4): not flagged, δ = 0 for it
+    loss = CounterfactualLoss(MeanIntensityClassifier(), darken, delta=0.5, tv_weight=0.0, area_weight=1.0)
+    terms = loss.terms(torch.zeros(1, 1, 16, 16), image)
+    assert float(terms["flagged"]) == 0.0 and float(terms["delta"]) == 0.0
+    assert float(loss(torch.zeros(1, 1, 16, 16), image)) == 0.0
+    assert float(loss(torch.full((1, 1, 16, 16), 0.5), image)) > 0.0
+
+
+def test_delta_of_organ_uses_the_organ_area():
+    image = torch.full((1, 1, 16, 16), 0.6)
+    organ = torch.zeros(1, 1, 16, 16)
+    organ[..., :8, :] = 1.0  # half the image
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :4, :] = 1.0  # a quarter of the image = half the organ
+    loss = CounterfactualLoss(MeanIntensityClassifier(), darken, delta=0.4, delta_of="organ")
+    assert float(loss.terms(mask, torch.cat([image, organ], dim=1))["area"]) == pytest.approx(0.5)
+
+
+def test_weighted_total_variation_is_cheaper_on_image_edges():
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :, 4:] = 1.0
+    flat = torch.zeros(1, 1, 8, 8)
+    edge = mask.clone()  # the image has an edge where the mask jumps
+    assert float(weighted_total_variation(mask, edge)) < float(weighted_total_variation(mask, flat))
+    assert float(weighted_total_variation(torch.ones(1, 1, 8, 8), flat)) == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, t, expected",
+    [({}, 0.0, 0.5), ({"lower": -1.0, "upper": 3.0}, 0.0, 1.0), ({"shift": 2.0}, 2.0, 0.5), ({"growth": 5.0}, 100.0, 1.0)],
+)
+def test_generalized_logistic(kwargs, t, expected):
+    assert float(generalized_logistic(torch.tensor(t), **kwargs)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_mean_lesion_fraction(tmp_path):
+    (tmp_path / "l").mkdir()
+    for name, pixels in (("a", 16), ("b", 48)):
+        lesion = np.zeros((16, 16), np.uint8)
+        lesion.flat[:pixels] = 255
+        Image.fromarray(lesion).save(tmp_path / "l" / f"{name}.png")
+    items = [
+        {"image": "l/a.png", "label": 1, "lesion": "l/a.png"},
+        {"image": "l/b.png", "label": 1, "lesion": "l/b.png"},
+        {"image": "l/a.png", "label": 0},
+    ]
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": items}))
+    assert mean_lesion_fraction(tmp_path / "datalist.json") == pytest.approx((16 + 48) / 2 / 256)
+    with pytest.raises(FileNotFoundError):
+        mean_lesion_fraction(tmp_path / "missing.json")
+    (tmp_path / "healthy.json").write_text(json.dumps({"training": items[2:]}))
+    with pytest.raises(ValueError):
+        mean_lesion_fraction(tmp_path / "healthy.json")
+
+
+@pytest.mark.parametrize(
+    "kwargs, mask_shape, target_shape",
+    [
+        ({"delta": 0.0}, (1, 1, 8, 8), (1, 1, 8, 8)),
+        ({"delta": 0.1, "delta_of": "breast"}, (1, 1, 8, 8), (1, 1, 8, 8)),
+        ({"delta": 0.1, "threshold": 1.0}, (1, 1, 8, 8), (1, 1, 8, 8)),
+        ({"delta": 0.1}, (1, 2, 8, 8), (1, 1, 8, 8)),
+        ({"delta": 0.1}, (1, 1, 8, 8), (1, 1, 4, 4)),
+        ({"delta": 0.1, "delta_of": "organ"}, (1, 1, 8, 8), (1, 1, 8, 8)),
+    ],
+)
+def test_bad_arguments(kwargs, mask_shape, target_shape):
+    with pytest.raises(ValueError):
+        CounterfactualLoss(MeanIntensityClassifier(), darken, **kwargs)(torch.rand(mask_shape), torch.rand(target_shape))
