@@ -102,7 +102,10 @@ def frozen_feature_extractor(network: nn.Module, weights_path: str | Path | None
 
 
 def classifier_feature_extractor(
-    classifier_bundle: str | Path, overlays: Sequence[str] = (), checkpoint: str = "models/model.pt"
+    classifier_bundle: str | Path,
+    overlays: Sequence[str] = (),
+    checkpoint: str = "models/model.pt",
+    device: str | torch.device = "cpu",
 ) -> nn.Module:
     """The frozen trained classifier's :class:`ClassifierEncoder` (four scales), the default Ψ of :class:`PCILoss`.
 
@@ -118,7 +121,7 @@ def classifier_feature_extractor(
             f"PCILoss: the perceptual/style loss needs the trained classifier, but {checkpoint_path} does not exist; "
             f"train it first (cd {classifier_bundle} && python -m monai.bundle run --config_file configs/train.json)."
         )
-    return frozen_feature_extractor(ClassifierEncoder(load_network(classifier_bundle, overlays, checkpoint)))
+    return frozen_feature_extractor(ClassifierEncoder(load_network(classifier_bundle, overlays, checkpoint, device=device)))
 
 
 class PCILoss(nn.Module):
