@@ -15,7 +15,6 @@ from collections.abc import Mapping
 import torch
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
-from monai.utils import convert_to_tensor
 
 from cfattr_monai.networks.inpainter import composite
 
@@ -29,10 +28,8 @@ def _batch(engine, batchdata: Mapping, mask_key: str = "valid_mask") -> tuple[to
             f"inpainting iteration: expected a batch dict with '{Keys.IMAGE}' and '{mask_key}', got {keys}; add "
             "cfattr_monai.transforms.masks.RandIrregularHoleMaskd to the preprocessing."
         )
-    device = engine.state.device
-    image = convert_to_tensor(batchdata[Keys.IMAGE], track_meta=False).to(device)
-    valid = convert_to_tensor(batchdata[mask_key], track_meta=False).to(device)
-    return image, valid
+    device = engine.state.device  # the image keeps its MetaTensor metadata, so the composite can be saved by name
+    return batchdata[Keys.IMAGE].to(device), batchdata[mask_key].to(device)
 
 
 def inpainting_train_iteration(engine, batchdata: Mapping) -> dict:
