@@ -8,7 +8,8 @@ For every input image, in a stream of batches (a folder of any size never sits i
     <stem>_counterfactual.png    π(M̂): the image with the attributed region replaced by healthy tissue
     <stem>_overlay_sc.dcm        DICOM inputs only: the overlay as an RGB Secondary Capture of the study
     <stem>_mask_sc.dcm           DICOM inputs only: M̂ as a grey Secondary Capture (0/255)
-    explanations.csv             one row per image, appended and flushed when all its files exist
+    explanations.csv             one row per image, appended and flushed when all its files exist; a re-run
+                                 into the same folder skips the images already listed (resume after a crash)
 
 Images of another size than the network's input (``image_size`` in the bundle config, or ``--image-size``) are
 resized to it (MONAI ``Resize``, mode ``area``, as in the bundles' pre-processing); the maps are resized back to the
@@ -31,6 +32,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.data.utils import to_affine_nd
 from monai.transforms import Resize
 from PIL import Image
 from pydicom.uid import generate_uid
@@ -139,10 +141,13 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
 
 
 def _write_nifti(path: Path, array: torch.Tensor, affine: torch.Tensor, dtype: type) -> None:
-    """``(1, X, Y)`` → a 2-D NIfTI with the source image's affine (``LoadImage`` reads it back on the same grid)."""
+    """``(1, X, Y)`` → a 2-D NIfTI with the source image's affine (``LoadImage`` reads it back on the same grid).
+
+    Readers give 2-D affines as 3×3 (ITK) or 4×4 (PIL, pydicom, nibabel); NIfTI needs 4×4.
+    """
     data = array[0].detach().cpu().numpy().astype(dtype)
     with atomic_path(path) as tmp:
-        nib.save(nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64)), tmp)
+        nib.save(nib.Nifti1Image(data, to_affine_nd(3, np.asarray(affine, dtype=np.float64))), tmp)
 
 
 def _to_network(image: MetaTensor, image_size: tuple[int, int]) -> torch.Tensor:
@@ -193,25 +198,32 @@ def explain_images(
         skip_bad: skip unreadable images with a warning (default: stop at the first with its error).
         progress: show a tqdm progress bar.
 
+    Images already listed in ``out_dir/explanations.csv`` (by an earlier, perhaps interrupted, run) are not
+    explained again: a re-run resumes.
+
     Returns:
-        ``dict(explained=int, skipped=int, resized=int, csv=Path, skipped_errors=list[str])``.
+        ``dict(explained=int, skipped=int, already_done=int, resized=int, csv=Path, skipped_errors=list[str])``.
 
     Raises:
         FileNotFoundError: an input does not exist.
         ImageInputError, DicomInputError: an unreadable image (unless ``skip_bad``).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     image_size = tuple(int(s) for s in image_size)
-    n_files = sum(1 for _ in iter_image_files(inputs))  # also fails early on a missing input
-    explainer = explainer.to(device).eval()
     csv_path = output_path(out_dir, "explanations", ".csv")
-    stems = UniqueStems(_stems_in(csv_path))
+    done, used_stems = _earlier_rows(csv_path)
+
+    def todo() -> Iterator[Path]:
+        return (p for p in iter_image_files(inputs) if str(p.resolve()) not in done)
+
+    n_todo = sum(1 for _ in todo())  # a cheap pass over the names only; also fails early on a missing input
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    explainer = explainer.to(device).eval()
+    stems = UniqueStems(used_stems)
     series_uids: dict[tuple[str, str], str] = defaultdict(generate_uid)  # (source series, kind) → new series UID
     skipped: list[str] = []
     explained = resized = 0
-    with CsvRowWriter(csv_path, CSV_COLUMNS) as rows, tqdm(total=n_files, disable=not progress, unit="img") as bar:
-        for batch in _batches(iter_image_files(inputs), batch_size, skip_bad, skipped):
+    with CsvRowWriter(csv_path, CSV_COLUMNS) as rows, tqdm(total=n_todo, disable=not progress, unit="img") as bar:
+        for batch in _batches(todo(), batch_size, skip_bad, skipped):
             with torch.no_grad():
                 out = explainer(torch.stack([_to_network(image, image_size) for _, image in batch]).to(device))
             out = {k: v.detach().float().cpu() for k, v in out.items()}
@@ -228,16 +240,18 @@ def explain_images(
             "%d image(s) resized to the network input %s; maps were resampled back to each image's grid.",
             resized, image_size,
         )  # fmt: skip
-    return {"explained": explained, "skipped": len(skipped), "resized": resized, "csv": csv_path,
-            "skipped_errors": skipped}  # fmt: skip
+    return {"explained": explained, "skipped": len(skipped), "already_done": len(done), "resized": resized,
+            "csv": csv_path, "skipped_errors": skipped}  # fmt: skip
 
 
-def _stems_in(csv_path: Path) -> list[str]:
-    """Stems already used by an earlier run writing to the same folder (so that it is extended, not overwritten)."""
+def _earlier_rows(csv_path: Path) -> tuple[set[str], list[str]]:
+    """Images (resolved paths) and stems of an earlier run into the same folder, so that a re-run resumes it."""
     if not csv_path.is_file():
-        return []
+        return set(), []
     with csv_path.open(newline="") as f:
-        return [row["overlay"][: -len("_overlay.png")] for row in csv.DictReader(f) if row.get("overlay")]
+        rows = list(csv.DictReader(f))
+    done = {str(Path(row["image"]).resolve()) for row in rows if row.get("image")}
+    return done, [row["overlay"][: -len("_overlay.png")] for row in rows if row.get("overlay")]
 
 
 def _write_item(
