@@ -17,7 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", help="image files or folders (PNG, DICOM, NIfTI), walked recursively")
     parser.add_argument("--bundle", required=True, help="trained attributor bundle folder, e.g. bundles/attributor")
     parser.add_argument("--overlays", nargs="*", default=[], help="config overlays, relative to the bundle folder")
-    parser.add_argument("--out", required=True, help="output folder (created); a re-run into it resumes: images in its explanations.csv are skipped")
+    parser.add_argument(
+        "--out", required=True,
+        help="output folder (created); a re-run into it resumes: images listed in its explanations.csv are skipped",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
     parser.add_argument(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime
 import os
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
 import pydicom
@@ -92,8 +91,8 @@ def display_pixels(ds: Dataset, filename: str | os.PathLike) -> np.ndarray:
         stored = ds.pixel_array
     except Exception as err:  # truncated PixelData, missing decoder for a compressed transfer syntax, bad tags
         raise DicomInputError(
-            f"{filename}: cannot decode the pixel data ({type(err).__name__}: {err}); the file may be truncated, or its "
-            f"transfer syntax {ds.file_meta.get('TransferSyntaxUID', 'unknown')} may need a decoder plugin "
+            f"{filename}: cannot decode the pixel data ({type(err).__name__}: {err}); the file may be truncated, "
+            f"or its transfer syntax {ds.file_meta.get('TransferSyntaxUID', 'unknown')} may need a decoder plugin "
             "(pylibjpeg or python-gdcm)."
         ) from err
     if int(ds.get("SamplesPerPixel", 1)) > 1:
@@ -141,10 +140,8 @@ class RadiographDicomReader(PydicomReader):
         spacing = img.get("PixelSpacing") or img.get("ImagerPixelSpacing") or (1.0, 1.0)
         orientation = img.get("ImageOrientationPatient") or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # projection image
         position = img.get("ImagePositionPatient") or (0.0, 0.0, 0.0)
-        meta = {
-            tag: {"vr": "DS", "Value": [float(v) for v in values]}
-            for tag, values in ((_TAG_PIXEL_SPACING, spacing), (_TAG_ORIENTATION, orientation), (_TAG_POSITION, position))
-        }
+        geometry = ((_TAG_PIXEL_SPACING, spacing), (_TAG_ORIENTATION, orientation), (_TAG_POSITION, position))
+        meta = {tag: {"vr": "DS", "Value": [float(v) for v in values]} for tag, values in geometry}
         meta["SOPInstanceUID"] = str(img.get("SOPInstanceUID", ""))
         return meta
 

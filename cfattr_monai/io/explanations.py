@@ -71,7 +71,9 @@ def bundle_image_size(bundle_dir: str | os.PathLike, overlays: Sequence[str] = (
     files = [bundle / "configs" / "inference.json", *(bundle / o for o in overlays)]
     for f in files:
         if not f.is_file():
-            raise FileNotFoundError(f"bundle config {f} not found; --bundle names the bundle folder, --overlays are relative to it.")
+            raise FileNotFoundError(
+                f"bundle config {f} not found; --bundle names the bundle folder, --overlays are relative to it."
+            )
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
     parser["bundle_root"] = str(bundle.resolve())
