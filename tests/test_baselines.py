@@ -108,7 +108,9 @@ class BlobDetector(nn.Module):
 
 
 def mean_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (1 - mask) * image + mask * 0.2
+    """π with the structure of the project's marginalizers: the fill F differs from I only in the hard hole."""
+    fill = torch.where(mask > 0.55, 0.2, image).detach()
+    return (1 - mask) * image + mask * fill
 
 
 def blob_image() -> torch.Tensor:
@@ -118,7 +120,8 @@ def blob_image() -> torch.Tensor:
 
 
 def test_iterative_counterfactual_finds_the_blob_and_stops_on_its_criterion():
-    method = IterativeCounterfactual(CounterfactualLoss(BlobDetector(), mean_fill, delta=0.1), max_iterations=300)
+    loss = CounterfactualLoss(BlobDetector(), mean_fill, delta=0.1)
+    method = IterativeCounterfactual(loss, max_iterations=300, grid_stride=2)
     with torch.no_grad():
         maps = method(blob_image())
     run = method.last_runs[0]
@@ -137,7 +140,17 @@ def test_iterative_counterfactual_stops_at_the_budget():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_iterations": 0}, {"patience": 0}, {"grid_stride": 0}, {"learning_rate": 0.0}, {"tol": -1.0}]
+    "kwargs",
+    [
+        {"max_iterations": 0},
+        {"patience": 0},
+        {"grid_stride": 0},
+        {"search_batch": 0},
+        {"learning_rate": 0.0},
+        {"tol": -1.0},
+        {"start_high": 0.5},
+        {"start_low": 0.0},
+    ],
 )
 def test_iterative_counterfactual_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError, match="IterativeCounterfactual"):

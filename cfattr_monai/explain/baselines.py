@@ -164,9 +164,17 @@ class IterativeCounterfactual:
 
     The mask is parametrized by logits θ on a grid ``grid_stride`` times coarser than the image (smooth masks, fewer
     unknowns), ``M = S(up(σ(θ)))`` with bilinear upsampling ``up`` and the smooth-max mapping S into compact masks
-    (:func:`~cfattr_monai.transforms.masks.map_into_compact`, as the attributor uses it). θ starts at 0 (M = 0.5
-    before S) and Adam minimizes ``loss(M, target)`` — the attributor's :class:`CounterfactualLoss`, which holds the
-    frozen classifier, the marginalizer π and the area constraint d(M) ≤ δ.
+    (:func:`~cfattr_monai.transforms.masks.map_into_compact`, as the attributor uses it). Adam minimizes
+    ``loss(M, target)`` — the attributor's :class:`~cfattr_monai.losses.attribution.CounterfactualLoss`, which holds
+    the frozen classifier, the marginalizer π and the area constraint d(M) ≤ δ.
+
+    Start: π fills only its hard hole ``M > 0.55`` (outside it ``F = I``, so π(M) = I whatever M is there), hence the
+    classifier's gradient reaches M only inside the hole: the optimization must start from a hole, and one of
+    feasible size (a whole-image hole violates d(M) ≤ δ so much that the area penalty drowns every other term). The
+    start is therefore the best square of area ≈ δ found by an occlusion search: squares on a grid (half-side step)
+    are marginalized in batches of ``search_batch`` and the one with the lowest ``p(c|π(M))`` seeds θ
+    (``σ(θ) = start_high`` in it, ``start_low`` elsewhere: the area terms see the soft M, so the rest starts near 0).
+    The search is part of the method's time.
 
     Stopping criterion (documented default): the loss has plateaued — relative change
     ``|L_t − L_{t−1}| / max(|L_{t−1}|, 1e-8) < tol`` for ``patience`` consecutive steps — *and* the counterfactual is
@@ -174,12 +182,16 @@ class IterativeCounterfactual:
     ``max_iterations`` steps. The flip is checked (one extra forward pass) only once the loss has plateaued.
 
     Args:
-        loss: a :class:`~cfattr_monai.losses.attribution.CounterfactualLoss` (its ``terms`` give p(c|π(M))).
+        loss: a :class:`~cfattr_monai.losses.attribution.CounterfactualLoss` (``classifier``, ``marginalizer``,
+            ``delta``, ``threshold`` and ``terms`` are used).
         max_iterations: N, the iteration budget per image.
         learning_rate: Adam's step size on θ.
         tol: relative loss change below which a step counts as "no progress".
         patience: number of consecutive such steps that make a plateau.
         grid_stride: the mask grid is ``ceil(H / grid_stride) × ceil(W / grid_stride)``.
+        start_high: σ(θ₀) inside the starting square, in (0.5, 1).
+        start_low: σ(θ₀) elsewhere, in (0, 0.5).
+        search_batch: squares marginalized per forward pass in the occlusion search.
         compact: the mapping into compact masks.
 
     Example:
@@ -199,22 +211,49 @@ class IterativeCounterfactual:
         tol: float = 1e-3,
         patience: int = 10,
         grid_stride: int = 8,
+        start_high: float = 0.9,
+        start_low: float = 0.05,
+        search_batch: int = 8,
         compact: Callable[[torch.Tensor], torch.Tensor] = map_into_compact,
     ) -> None:
-        if max_iterations < 1 or patience < 1 or grid_stride < 1 or learning_rate <= 0 or tol < 0:
+        counts = min(max_iterations, patience, grid_stride, search_batch)
+        if counts < 1 or learning_rate <= 0 or tol < 0 or not 0 < start_low < 0.5 < start_high < 1:
             raise ValueError(
-                "IterativeCounterfactual: need max_iterations, patience, grid_stride >= 1, learning_rate > 0 and "
-                f"tol >= 0, got {max_iterations}, {patience}, {grid_stride}, {learning_rate}, {tol}."
+                "IterativeCounterfactual: need max_iterations, patience, grid_stride, search_batch >= 1, "
+                f"learning_rate > 0, tol >= 0 and 0 < start_low < 0.5 < start_high < 1, got {max_iterations}, "
+                f"{patience}, {grid_stride}, {search_batch}, {learning_rate}, {tol}, {start_low}, {start_high}."
             )
         self.loss, self.compact = loss, compact
         self.max_iterations, self.learning_rate, self.tol = max_iterations, learning_rate, tol
-        self.patience, self.grid_stride = patience, grid_stride
+        self.patience, self.grid_stride, self.search_batch = patience, grid_stride, search_batch
+        self.start_logits = (torch.logit(torch.tensor(start_low)).item(), torch.logit(torch.tensor(start_high)).item())
         #: one ``{"iterations", "converged", "p_counterfactual"}`` per image of the last call.
         self.last_runs: list[dict[str, float | int | bool]] = []
 
     def mask(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """``M = S(up(σ(θ)))`` at the image size."""
         return self.compact(F.interpolate(torch.sigmoid(logits), size=size, mode="bilinear", align_corners=False))
+
+    def starting_logits(self, target: torch.Tensor) -> torch.Tensor:
+        """θ₀ (1, 1, h, w) on the mask grid: the square of area ≈ δ whose marginalization lowers p(c|π(M)) most."""
+        size = tuple(target.shape[-2:])
+        grid = [math.ceil(s / self.grid_stride) for s in size]
+        side = [max(1, round(math.sqrt(self.loss.delta) * g)) for g in grid]
+        steps = [range(0, max(1, g - k + 1), max(1, k // 2)) for g, k in zip(grid, side)]
+        low, high = self.start_logits
+        candidates = torch.full((len(steps[0]) * len(steps[1]), 1, *grid), low, device=target.device)
+        for i, (y, x) in enumerate((y, x) for y in steps[0] for x in steps[1]):
+            candidates[i, :, y : y + side[0], x : x + side[1]] = high
+        image = target[:, :1]
+        with torch.no_grad():
+            scores = torch.cat(
+                [
+                    pathology_logit(self.loss.classifier(self.loss.marginalizer(image.expand(len(c), -1, -1, -1), m)))
+                    for c in candidates.split(self.search_batch)
+                    for m in [self.mask(c, size)]
+                ]
+            )
+        return candidates[int(scores.argmin())][None].clone()
 
     def _counterfactual_done(self, mask: torch.Tensor, target: torch.Tensor) -> tuple[bool, float]:
         """Whether π(M) is classified healthy (or I was not flagged), and p(c|π(M))."""
@@ -226,8 +265,7 @@ class IterativeCounterfactual:
     def explain_one(self, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float | int | bool]]:
         """Optimize the mask of one image; ``target`` is (1, C, H, W) as the loss expects it (image [+ organ])."""
         size = tuple(target.shape[-2:])
-        grid = tuple(math.ceil(s / self.grid_stride) for s in size)
-        logits = torch.zeros(1, 1, *grid, device=target.device, requires_grad=True)
+        logits = self.starting_logits(target).requires_grad_(True)
         optimizer = torch.optim.Adam([logits], lr=self.learning_rate)
         previous, calm_steps, done, p_counterfactual = math.inf, 0, False, math.nan
         for iteration in range(1, self.max_iterations + 1):
