@@ -32,7 +32,8 @@ class PartialConv2d(nn.Conv2d):
     the caller's job (see :class:`cfattr_monai.networks.inpainter.PartialConvUNet`). The mask update runs without
     gradient, as in Liu et al.
 
-    Works under ``torch.jit.script`` and ``torch.jit.trace`` (both tested).
+    Works under ``torch.jit.script`` and ``torch.jit.trace`` (both tested); a traced module checks the mask shape
+    only for the traced input shapes (tracing records Python conditions as constants), so prefer scripting.
 
     Args:
         in_channels: input feature channels.

@@ -1,0 +1,125 @@
+"""PartialConv2d: Liu et al. Eq. 1-2 properties, mask layouts, buffers, TorchScript, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cfattr_monai.networks.partial_conv import PartialConv2d
+
+
+def hole_mask(batch: int = 2, channels: int = 1, size: int = 16, hole=(4, 12, 5, 11)) -> torch.Tensor:
+    mask = torch.ones(batch, channels, size, size)
+    y0, y1, x0, x1 = hole
+    mask[..., y0:y1, x0:x1] = 0
+    return mask
+
+
+# in_channels, out_channels, kernel, stride, padding, dilation, bias, multi_channel_mask
+CONFIGS = [
+    (1, 4, 3, 1, 1, 1, True, False),
+    (3, 5, 5, 2, 2, 1, False, False),
+    (3, 2, 3, 1, 2, 2, True, True),
+    (2, 3, 7, 2, 3, 1, True, True),
+]
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,padding,dilation,bias,multi", CONFIGS)
+def test_all_ones_mask_equals_conv2d(cin, cout, k, stride, padding, dilation, bias, multi):
+    """Wherever the window lies inside the image, sum(1)/sum(M) = 1: the output is nn.Conv2d's."""
+    torch.manual_seed(0)
+    pconv = PartialConv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, bias=bias, multi_channel_mask=multi)
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, bias=bias)
+    conv.load_state_dict(pconv.state_dict())
+    size = 20
+    x = torch.rand(2, cin, size, size)
+    with torch.no_grad():
+        out, mask = pconv(x, torch.ones(2, cin if multi else 1, size, size))
+        expected = conv(x)
+    start = torch.arange(out.shape[-1]) * stride - padding  # first input index of each output's window
+    inside = (start >= 0) & (start + dilation * (k - 1) <= size - 1)
+    assert inside.sum() >= 3
+    torch.testing.assert_close(out[..., inside, :][..., inside], expected[..., inside, :][..., inside], rtol=1e-5, atol=1e-5)
+    assert bool((mask == 1).all())
+
+
+def test_all_ones_mask_without_padding_is_exactly_conv2d():
+    pconv = PartialConv2d(2, 3, 3, padding=0)
+    conv = nn.Conv2d(2, 3, 3)
+    conv.load_state_dict(pconv.state_dict())
+    x = torch.rand(1, 2, 9, 9)
+    torch.testing.assert_close(pconv(x, torch.ones(1, 1, 9, 9))[0], conv(x))
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_output_independent_of_pixels_inside_the_hole(multi):
+    torch.manual_seed(0)
+    pconv = PartialConv2d(3, 4, 3, padding=1, multi_channel_mask=multi)
+    mask = hole_mask(channels=3 if multi else 1)
+    x1, x2 = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    x2 = mask * x1 + (1 - mask) * x2  # same valid pixels, different hole content
+    (y1, m1), (y2, m2) = pconv(x1, mask), pconv(x2, mask)
+    torch.testing.assert_close(y1, y2)
+    torch.testing.assert_close(m1, m2)
+    assert not torch.equal(x1, x2)
+
+
+def test_hole_outputs_are_zero_and_renormalized_by_valid_count():
+    pconv = PartialConv2d(1, 1, 3, padding=1, bias=True)
+    with torch.no_grad():
+        pconv.weight.fill_(1.0)
+        pconv.bias.fill_(0.5)
+    mask = hole_mask(batch=1, size=8, hole=(2, 7, 2, 7))
+    with torch.no_grad():
+        out, new_mask = pconv(torch.ones(1, 1, 8, 8), mask)
+    assert out[0, 0, 4, 4] == 0 and new_mask[0, 0, 4, 4] == 0  # window fully inside the hole: sum(M) = 0
+    # a window with 5 valid pixels (row 1, column 1): W^T(X⊙M)·sum(1)/sum(M) + b = 5·9/5 + 0.5
+    assert out[0, 0, 2, 2].item() == pytest.approx(9.5)
+    assert new_mask[0, 0, 2, 2] == 1
+
+
+def test_mask_shrinks_layer_by_layer_until_all_ones():
+    layers = [PartialConv2d(1, 1, 3, padding=1) for _ in range(8)]
+    x, mask = torch.rand(1, 1, 16, 16), hole_mask(batch=1, hole=(3, 13, 3, 13))
+    holes = [int((mask == 0).sum())]
+    for layer in layers:
+        x, mask = layer(x, mask)
+        holes.append(int((mask == 0).sum()))
+    assert holes[0] == 100 and holes[-1] == 0
+    assert all(a > b for a, b in zip(holes, holes[1:]) if a > 0)
+
+
+def test_mask_kernel_is_a_non_persistent_buffer_that_follows_the_module():
+    pconv = PartialConv2d(2, 3, 3, multi_channel_mask=True)
+    assert "mask_kernel" in dict(pconv.named_buffers())
+    assert set(pconv.state_dict()) == {"weight", "bias"}
+    assert pconv.double().mask_kernel.dtype == torch.float64
+    assert tuple(pconv.mask_kernel.shape) == (1, 2, 3, 3)
+
+
+def test_updated_mask_layout():
+    single = PartialConv2d(3, 5, 3, padding=1)
+    multi = PartialConv2d(3, 5, 3, padding=1, multi_channel_mask=True)
+    x = torch.rand(2, 3, 8, 8)
+    assert single(x, torch.ones(2, 1, 8, 8))[1].shape == (2, 1, 8, 8)
+    assert multi(x, torch.ones(2, 3, 8, 8))[1].shape == (2, 5, 8, 8)
+
+
+@pytest.mark.parametrize("compile_fn", ["script", "trace"])
+def test_torchscript(compile_fn):
+    pconv = PartialConv2d(2, 3, 3, stride=2, padding=1)
+    x, mask = torch.rand(1, 2, 12, 12), hole_mask(batch=1, size=12, hole=(2, 8, 2, 8))
+    compiled = torch.jit.script(pconv) if compile_fn == "script" else torch.jit.trace(pconv, (x, mask))
+    for got, want in zip(compiled(x, mask), pconv(x, mask)):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize(
+    "mask_shape,multi",
+    [((2, 1, 8, 9), False), ((2, 3, 9, 9), False), ((2, 1, 9, 9), True), ((1, 1, 9, 9), False), ((2, 9, 9), False)],
+)
+def test_bad_mask_shape_is_a_clear_error(mask_shape, multi):
+    pconv = PartialConv2d(3, 4, 3, multi_channel_mask=multi)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        pconv(torch.rand(2, 3, 9, 9), torch.ones(mask_shape))
