@@ -192,6 +192,7 @@ def test_secondary_capture_round_trip(tmp_path, rgb):
     assert sc.SourceImageSequence[0].ReferencedSOPClassUID == source.SOPClassUID
     assert sc.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
     assert sc.SeriesDescription == "cfattr map" and sc.Modality == "OT" and sc.ConversionType == "WSD"
+    assert sc.SecondaryCaptureDeviceManufacturer == "cfattr-monai" and "not for diagnostic use" in sc.ImageComments
     assert sc.PhotometricInterpretation == ("RGB" if rgb else "MONOCHROME2")
     assert (sc.BitsAllocated, sc.BitsStored, sc.PixelRepresentation) == (8, 8, 0)
     np.testing.assert_array_equal(sc.pixel_array, pixels)

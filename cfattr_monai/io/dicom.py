@@ -30,6 +30,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from cfattr_monai import __version__
 from cfattr_monai.io.outputs import atomic_path
 
 __all__ = [
@@ -166,7 +167,8 @@ def write_secondary_capture(
 
     Written attributes: Patient module (Patient Name, ID, Birth Date, Sex — copied, nothing else), General Study
     (Study Instance UID, Date, Time, ID, Accession Number — copied; Referring Physician left empty), General Series
-    (Modality ``OT``, the given new Series Instance UID, Number, Description), SC Equipment (Conversion Type ``WSD``),
+    (Modality ``OT``, the given new Series Instance UID, Number, Description), SC Equipment (Conversion Type ``WSD``,
+    device manufacturer ``cfattr-monai`` and its version), Image Comments "not for diagnostic use",
     General Image with Source Image Sequence and Referenced Series Sequence pointing at the source image,
     Frame of Reference UID, Pixel Spacing and Image Laterality when the source has them, Image Pixel module
     (8-bit, ``RGB`` for (rows, cols, 3) input, ``MONOCHROME2`` for (rows, cols)), SOP Common with a new SOP Instance
@@ -213,11 +215,14 @@ def write_secondary_capture(
     ds.SeriesNumber = series_number
     ds.SeriesDescription = series_description[:64]
     ds.ConversionType = "WSD"
+    ds.SecondaryCaptureDeviceManufacturer = "cfattr-monai"
+    ds.SecondaryCaptureDeviceSoftwareVersions = __version__
     ds.InstanceNumber = instance_number
     ds.PatientOrientation = source.get("PatientOrientation", "")
     ds.ContentDate, ds.ContentTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.DerivationDescription = series_description
+    ds.ImageComments = "Research attribution map, not for diagnostic use."
     ds.BurnedInAnnotation = "NO"
     for keyword in ("FrameOfReferenceUID", "ImageLaterality", "PixelSpacing"):
         if keyword in source:
