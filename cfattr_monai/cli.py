@@ -30,11 +30,10 @@ def _run_phantoms(args: argparse.Namespace) -> int:
         "prevalence": args.prevalence,
         "texture": args.texture,
     }
-    datalist = write_phantom_dataset(args.out, args.kind, args.n, args.size, args.seed, splits=args.splits,
-                                     **{k: v for k, v in difficulty.items() if v is not None})
-    print(datalist)
+    difficulty = {name: value for name, value in difficulty.items() if value is not None}
+    print(write_phantom_dataset(args.out, args.kind, args.n, args.size, args.seed, splits=args.splits, **difficulty))
     if args.preview:
-        print(save_phantom_figure(args.preview, args.kind, size=args.size, seed=args.seed))
+        print(save_phantom_figure(args.preview, args.kind, size=args.size, seed=args.seed, **difficulty))
     return 0
 
 
@@ -64,8 +63,10 @@ def _register_phantoms(subparsers) -> None:
 def _run_prepare(args: argparse.Namespace) -> int:
     from cfattr_monai.data.datasets import PREPARERS
 
-    datalist = PREPARERS[args.dataset](args.src, args.out, size=args.size, seed=args.seed, splits=args.splits)
-    print(datalist)
+    if args.healthy is not None and args.dataset != "cbis-ddsm":
+        raise ValueError(f"--healthy applies to cbis-ddsm only, not to {args.dataset}; drop it.")
+    extra = {} if args.healthy is None else {"healthy": args.healthy}
+    print(PREPARERS[args.dataset](args.src, args.out, size=args.size, seed=args.seed, splits=args.splits, **extra))
     return 0
 
 
@@ -82,6 +83,7 @@ def _register_prepare(subparsers) -> None:
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images (default: keep)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient-wise split")
     parser.add_argument("--splits", type=float, nargs=3, default=(0.6, 0.2, 0.2), metavar=("TRAIN", "VAL", "TEST"))
+    parser.add_argument("--healthy", help="cbis-ddsm only: folder of healthy DDSM images (default SRC/healthy)")
     parser.set_defaults(func=_run_prepare)
 
 

@@ -7,13 +7,13 @@ import pytest
 from monai.data import load_decathlon_datalist
 from PIL import Image
 
+from cfattr_monai.data.datalist import stratified_split
 from cfattr_monai.data.phantoms import (
     Difficulty,
     default_difficulty,
     ensure_phantom_dataset,
     generate_phantom,
     save_phantom_figure,
-    stratified_split,
     write_phantom_dataset,
 )
 
@@ -154,7 +154,7 @@ def test_prevalence(tmp_path):
 
 def test_write_refuses_foreign_folder(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="not a phantom data set"):
+    with pytest.raises(ValueError, match="exists and is not empty"):
         write_phantom_dataset(tmp_path, n=10, size=48)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 

@@ -76,7 +76,8 @@ def mammo_anatomy(size: int, rng: np.random.Generator, texture: float) -> tuple[
     Args:
         size: side length in pixels.
         rng: the image's random generator.
-        texture: amplitude of the 1/f^3 parenchymal texture (intensity units).
+        texture: amplitude of the 1/f^3 parenchymal texture (intensity units); dense glandular patches, the
+            lesions' main camouflage, get twice this amplitude.
 
     Returns:
         ``(image, organ, thickness)``: the healthy image in [0, 1], the breast mask (pectoral muscle excluded) and
@@ -91,8 +92,8 @@ def mammo_anatomy(size: int, rng: np.random.Generator, texture: float) -> tuple[
     root_thickness = np.sqrt(thickness)
 
     parenchyma = power_law_noise(size, 3.0, rng)
-    glandular = 1.0 / (1.0 + np.exp(-3.0 * (power_law_noise(size, 3.0, rng) - rng.uniform(-0.3, 0.6))))
-    image = 0.22 + 0.28 * thickness + (0.22 * glandular + texture * parenchyma) * root_thickness
+    glandular = 1.0 / (1.0 + np.exp(-2.0 * (power_law_noise(size, 3.0, rng) - rng.uniform(-0.3, 0.6))))
+    image = 0.24 + 0.30 * thickness + texture * (2.0 * glandular + parenchyma) * root_thickness
 
     skin_pixels = (1.0 - rho) * depth * size  # ≈ distance to the skin in pixels
     image += 0.10 * np.clip(1.0 - np.abs(skin_pixels - 1.0) / 1.5, 0.0, 1.0)

@@ -23,13 +23,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from cfattr_monai.data.datalist import save_png, staged_folder, stratified_split, write_datalist
 from cfattr_monai.data.phantom_anatomy import chest_anatomy, chest_opacity, mammo_anatomy, mammo_mass
 
 __all__ = [
@@ -37,14 +35,12 @@ __all__ = [
     "Difficulty",
     "default_difficulty",
     "generate_phantom",
-    "stratified_split",
     "write_phantom_dataset",
     "ensure_phantom_dataset",
     "save_phantom_figure",
 ]
 
 KINDS = ("mammo", "chest")
-SPLITS = ("training", "validation", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,34 +143,9 @@ def generate_phantom(kind: str, size: int, rng: np.random.Generator, label: int 
     }
 
 
-def stratified_split(labels, fractions=(0.6, 0.2, 0.2), seed: int = 0) -> dict[str, list[int]]:
-    """Indices per split (``training``/``validation``/``test``), stratified by label, shuffled by ``seed``.
-
-    Example:
-        >>> {k: len(v) for k, v in stratified_split([0, 1] * 5).items()}
-        {'training': 6, 'validation': 2, 'test': 2}
-    """
-    fractions = np.asarray(fractions, dtype=float)
-    if fractions.shape != (3,) or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
-        raise ValueError(f"splits must be three non-negative fractions summing to 1, got {fractions.tolist()}.")
-    labels = np.asarray(labels)
-    rng = np.random.default_rng([seed, 2**31 - 1])  # a stream no image uses
-    parts: dict[str, list[int]] = {name: [] for name in SPLITS}
-    for value in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == value))
-        bounds = np.round(np.cumsum(fractions)[:2] * members.size).astype(int)
-        for name, chunk in zip(SPLITS, np.split(members, bounds)):
-            parts[name].extend(int(i) for i in chunk)
-    return {name: sorted(indices) for name, indices in parts.items()}
-
-
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"phantom kind must be one of {KINDS}, got {kind!r}.")
-
-
-def _save_png(array: np.ndarray, path: Path) -> None:
-    Image.fromarray(array, mode="L").save(path, format="PNG", optimize=False)
 
 
 def _parameters(kind: str, n: int, size: int, seed: int, splits, settings: Difficulty) -> dict:
@@ -200,15 +171,12 @@ def _write_into(folder: Path, parameters: dict, settings: Difficulty) -> None:
         sample = generate_phantom(kind, size, np.random.default_rng([seed, index]), label=int(label),
                                   **dataclasses.asdict(settings))
         name = f"{kind}_{index:05d}.png"
-        _save_png(np.round(sample["image"] * 255.0).astype(np.uint8), folder / "images" / name)
-        _save_png(sample["lesion"] * np.uint8(255), folder / "lesions" / name)
-        _save_png(sample["organ"] * np.uint8(255), folder / "organs" / name)
+        save_png(np.round(sample["image"] * 255.0).astype(np.uint8), folder / "images" / name)
+        save_png(sample["lesion"] * np.uint8(255), folder / "lesions" / name)
+        save_png(sample["organ"] * np.uint8(255), folder / "organs" / name)
         items.append({"image": f"images/{name}", "label": int(label), "lesion": f"lesions/{name}",
                       "organ": f"organs/{name}"})
-    parts = stratified_split(labels, parameters["splits"], seed)
-    datalist = {name: [items[i] for i in parts[name]] for name in SPLITS}
-    (folder / "datalist.json").write_text(json.dumps(datalist, indent=1) + "\n")
-    (folder / "phantoms.json").write_text(json.dumps(parameters, indent=1) + "\n")
+    write_datalist(folder, items, stratified_split(labels, parameters["splits"], seed), phantoms=parameters)
 
 
 def write_phantom_dataset(out_dir, kind: str = "mammo", n: int = 600, size: int = 256, seed: int = 0,
@@ -235,22 +203,10 @@ def write_phantom_dataset(out_dir, kind: str = "mammo", n: int = 600, size: int 
     settings = default_difficulty(kind, **difficulty)
     if int(n) < 10:
         raise ValueError(f"n must be at least 10 so that every split holds images, got {n}.")
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "phantoms.json").is_file():
-        raise ValueError(f"{out_dir} exists and is not a phantom data set (no phantoms.json); choose an empty or "
-                         "new folder.")
     parameters = _parameters(kind, n, size, seed, splits, settings)
     stratified_split([0, 1], parameters["splits"])  # validate the fractions before any work
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir, replaceable=lambda folder: (folder / "phantoms.json").is_file()) as staging:
         _write_into(staging, parameters, settings)
-        if out_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, retired / out_dir.name)
-            shutil.rmtree(retired)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir / "datalist.json"
 
 
@@ -289,7 +245,8 @@ def ensure_phantom_dataset(datalist, kind: str = "mammo", n: int = 600, size: in
     return datalist
 
 
-def save_phantom_figure(path, kind: str = "mammo", count: int = 4, size: int = 256, seed: int = 0) -> Path:
+def save_phantom_figure(path, kind: str = "mammo", count: int = 4, size: int = 256, seed: int = 0,
+                        **difficulty) -> Path:
     """Save a row of ``count`` pathological phantoms with the lesion contour (red) and organ outline (green).
 
     Args:
@@ -298,6 +255,7 @@ def save_phantom_figure(path, kind: str = "mammo", count: int = 4, size: int = 2
         count: number of panels.
         size: side length in pixels.
         seed: seed of the first panel; panel ``i`` uses ``np.random.default_rng([seed, i])``.
+        difficulty: :class:`Difficulty` fields overriding the kind's defaults.
     """
     import matplotlib
 
@@ -308,7 +266,7 @@ def save_phantom_figure(path, kind: str = "mammo", count: int = 4, size: int = 2
     path = Path(path)
     figure, axes = plt.subplots(1, count, figsize=(2.2 * count, 2.3), squeeze=False)
     for index, axis in enumerate(axes[0]):
-        sample = generate_phantom(kind, size, np.random.default_rng([seed, index]), label=1)
+        sample = generate_phantom(kind, size, np.random.default_rng([seed, index]), label=1, **difficulty)
         axis.imshow(sample["image"], cmap="gray", vmin=0.0, vmax=1.0)
         axis.contour(sample["organ"], levels=[0.5], colors="lime", linewidths=0.6)
         axis.contour(sample["lesion"], levels=[0.5], colors="red", linewidths=0.6)
