@@ -48,7 +48,7 @@ def _blob(grid_y: np.ndarray, grid_x: np.ndarray, center: np.ndarray, radius: fl
 def _stroke(grid_y: np.ndarray, grid_x: np.ndarray, start: np.ndarray, length: float, rng: RandomGenerator) -> np.ndarray:
     """A brush stroke: a random walk of 2-5 thick line segments (Liu et al.'s irregular mask generator)."""
     hole = np.zeros(grid_y.shape, dtype=bool)
-    width = rng.uniform(0.015, 0.05) * max(grid_y.shape)
+    width = max(3.0, rng.uniform(0.015, 0.05) * max(grid_y.shape))
     point = start.astype(np.float64)
     angle = rng.uniform(0.0, 2 * np.pi)
     for _ in range(int(rng.uniform(2, 6))):
