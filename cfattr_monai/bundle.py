@@ -8,6 +8,7 @@ network; it gets both through :func:`load_network` instead of copying their conf
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
-__all__ = ["fingerprint", "load_network"]
+__all__ = ["fingerprint", "load_network", "load_weights"]
 
 _SHOWN_KEYS = 5
 
@@ -71,11 +72,40 @@ def load_network(
             f"load_network: checkpoint {ckpt_path} not found; train the bundle first "
             f"(cd {bundle_dir} && python -m monai.bundle run --config_file configs/train.json) or pass checkpoint=."
         )
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    _check_state_dict(state, network, ckpt_path, config_files)
-    network.load_state_dict(state)
+    load_weights(network, ckpt_path, config_files)
     network.to(device).eval()
     network.requires_grad_(False)
+    return network
+
+
+def load_weights(network: nn.Module, ckpt_path: str | Path, config_files: Sequence[Path] = ()) -> nn.Module:
+    """Load a state dict file into ``network`` with ``weights_only=True``, or raise an error naming the file.
+
+    Args:
+        network: the configured network.
+        ckpt_path: state dict file (e.g. ``models/model.pt``).
+        config_files: the configs that defined ``network``, named in the error when the weights do not fit.
+
+    Raises:
+        ValueError: the file is not a readable weights-only checkpoint, not a state dict, or for another network.
+
+    Example:
+        >>> net = nn.Linear(2, 1); torch.save(net.state_dict(), "/tmp/linear.pt")
+        >>> load_weights(nn.Linear(2, 1), "/tmp/linear.pt").weight.shape
+        torch.Size([1, 2])
+    """
+    ckpt_path = Path(ckpt_path)
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise ValueError(
+            f"load_network: {ckpt_path} is not a checkpoint torch.load can read with weights_only=True "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:80]}): the file is corrupt, truncated, or holds "
+            "Python objects besides tensors. Re-train or re-copy the bundle's models/model.pt; do not load it with "
+            "weights_only=False unless you trust its source (unpickling runs arbitrary code)."
+        ) from err
+    _check_state_dict(state, network, ckpt_path, config_files)
+    network.load_state_dict(state)
     return network
 
 

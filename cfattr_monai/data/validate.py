@@ -1,0 +1,204 @@
+"""Check a MONAI datalist before a bundle trains or evaluates on it: every problem named with its file and its fix.
+
+The bundles read their data with ``LoadImaged`` + ``EnsureChannelFirstd`` + ``ScaleIntensityd``; a bad file there
+fails late (after caching), deep inside a transform, with a message that does not say which item is wrong.
+:func:`check_datalist` reads every referenced file once, the same way (MONAI ``LoadImage``), in ``initialize``,
+and refuses the data set with one :class:`DatalistError` that lists the problems:
+
+* no datalist file, not JSON, a required split missing or empty, an item without ``image``/``label``, a label other
+  than 0/1;
+* a referenced file that does not exist, or that MONAI cannot read (corrupt, truncated, DICOM without pixel data);
+* an image that is not one grey 2-D plane: RGB(A) is refused here (the bundles' transforms are single-channel;
+  ``cfattr prepare`` writes grey PNGs — only ``cfattr explain`` converts colour to grey, with a warning), as is a
+  MONOCHROME1 DICOM (``LoadImaged`` would feed it inverted; convert it with ``cfattr_monai.io.load_image``, which
+  applies the DICOM display pipeline);
+* NaN or ±Inf pixels, a constant image, an image with a side under ``min_size`` pixels (default 32, the coarsest
+  stride of the classifier encoders: below it the coarsest feature map is a single pixel);
+* a mask (``lesion``, ``organ``) of another size than its image, or not binary (values other than {0, 1} or
+  {0, 255}).
+
+16-bit and float images are accepted: ``ScaleIntensityd`` scales each image by its own range.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from monai.transforms import LoadImage
+from PIL import Image
+
+__all__ = ["DatalistError", "check_datalist", "MIN_IMAGE_SIZE"]
+
+MIN_IMAGE_SIZE = 32
+_SHOWN_PROBLEMS = 8
+_BINARY_LEVELS = ({0, 1}, {0, 255})
+_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm")  # those MONAI's PILReader reads
+
+
+class DatalistError(ValueError):
+    """A datalist that a bundle cannot use; the message lists each problem with its file and the fix."""
+
+
+_LOAD = LoadImage(image_only=True, ensure_channel_first=True)
+
+
+def check_datalist(
+    datalist: str | os.PathLike,
+    splits: Sequence[str] = ("training", "validation"),
+    keys: Sequence[str] = ("image", "label"),
+    mask_keys: Sequence[str] = ("lesion", "organ"),
+    min_size: int = MIN_IMAGE_SIZE,
+) -> Path:
+    """Read every file a datalist names and raise one :class:`DatalistError` listing all problems found.
+
+    Args:
+        datalist: the ``datalist.json`` (Decathlon style; item paths relative to its folder, or absolute).
+        splits: splits that must exist and hold at least one item (e.g. ``("test",)`` for inference).
+        keys: keys every item must have; ``"image"`` is read as an image, ``"label"`` must be 0 or 1.
+        mask_keys: optional keys of binary masks on the image's grid, checked where an item has them.
+        min_size: smallest accepted image side in pixels.
+
+    Returns:
+        ``datalist`` as a ``Path``, so that a bundle config can chain it:
+        ``"$cfattr_monai.data.validate.check_datalist(@datalist)"``.
+
+    Raises:
+        FileNotFoundError: ``datalist`` does not exist.
+        DatalistError: anything listed in the module notes.
+
+    Example:
+        >>> check_datalist("data/phantoms/mammo_128/datalist.json")  # doctest: +SKIP
+        PosixPath('data/phantoms/mammo_128/datalist.json')
+    """
+    path = Path(datalist)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"check_datalist: datalist {path} does not exist; write it with `cfattr prepare` or `cfattr phantoms`, "
+            "or point the bundle's `datalist` key at it."
+        )
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatalistError(f"check_datalist: {path} is not valid JSON ({err}); rewrite it with `cfattr prepare`.")
+    if not isinstance(content, dict):
+        raise DatalistError(
+            f"check_datalist: {path} holds a {type(content).__name__}, expected an object "
+            '{"training": [...], "validation": [...], "test": [...]} as written by `cfattr prepare`.'
+        )
+    problems = []
+    for split in splits:
+        items = content.get(split)
+        if not isinstance(items, list) or not items:
+            found = "is missing" if items is None else f"is {json.dumps(items)[:40]}"
+            problems.append(f"split {split!r} {found}, expected a non-empty list of items; re-split the data set")
+            continue
+        for index, item in enumerate(items):
+            problems += [f"{split}[{index}] {p}" for p in _item_problems(item, path.parent, keys, mask_keys, min_size)]
+    if problems:
+        shown = "\n  ".join(problems[:_SHOWN_PROBLEMS])
+        more = f"\n  … and {len(problems) - _SHOWN_PROBLEMS} more" if len(problems) > _SHOWN_PROBLEMS else ""
+        raise DatalistError(f"check_datalist: {path}: {len(problems)} problem(s):\n  {shown}{more}")
+    return path
+
+
+def _item_problems(
+    item: object, base: Path, keys: Sequence[str], mask_keys: Sequence[str], min_size: int
+) -> list[str]:
+    if not isinstance(item, dict):
+        return [f"is a {type(item).__name__}, expected an object with keys {list(keys)}"]
+    missing = [k for k in keys if k not in item]
+    if missing:
+        return [f"lacks {missing}, expected keys {list(keys)} (paths relative to the datalist's folder)"]
+    problems = []
+    if "label" in keys and item["label"] not in (0, 1):
+        problems.append(f"label {item['label']!r}: expected 0 (healthy) or 1 (pathological)")
+    image, problem = _read(base, item["image"], "image") if "image" in keys else (None, None)
+    if problem:
+        return [*problems, problem]
+    if image is not None:
+        problems += _image_problems(image, base / item["image"], min_size)
+    for key in mask_keys:
+        if key in item:
+            mask, problem = _read(base, item[key], key)
+            problems += [problem] if problem else _mask_problems(mask, base / item[key], key, image)
+    return problems
+
+
+def _read(base: Path, relative: str, key: str) -> tuple[np.ndarray | None, str | None]:
+    """The file's array, channel first, as ``LoadImaged`` gives it to the bundles; or the problem."""
+    file = base / relative
+    if not file.is_file():
+        return None, f"{key} {file} does not exist: fix the path (relative to the datalist's folder) or the data set"
+    try:
+        if _is_monochrome1(file):
+            return None, (
+                f"{key} {file} is a MONOCHROME1 DICOM, which LoadImaged reads inverted (bright = low density): "
+                "convert it to PNG through cfattr_monai.io.load_image (DICOM display pipeline) or `cfattr prepare`"
+            )
+        array = _load(file)
+    except Exception as err:  # PIL UnidentifiedImageError, OSError on truncated files, pydicom AttributeError, …
+        return None, (
+            f"{key} {file} cannot be read ({type(err).__name__}: {str(err)[:120]}): the file is corrupt, truncated "
+            "or holds no pixel data; re-export it as PNG"
+        )
+    if array.ndim == 4 and array.shape[-1] == 1:  # NIfTI stores 2-D images as (X, Y, 1)
+        array = array[..., 0]
+    return array, None
+
+
+def _load(file: Path) -> np.ndarray:
+    """Channel-first array in MONAI's axis order (columns first); Pillow directly for speed where it can read."""
+    if file.suffix.lower() in _PIL_SUFFIXES:
+        with Image.open(file) as picture:
+            array = np.asarray(picture)
+        return array.T[None] if array.ndim == 2 else array.transpose(2, 1, 0)  # (H, W[, C]) -> (C, W, H)
+    return np.asarray(_LOAD(str(file)))
+
+
+def _is_monochrome1(file: Path) -> bool:
+    if not pydicom.misc.is_dicom(file):
+        return False
+    return pydicom.dcmread(file, stop_before_pixels=True).get("PhotometricInterpretation", "") == "MONOCHROME1"
+
+
+def _image_problems(image: np.ndarray, file: Path, min_size: int) -> list[str]:
+    if image.ndim != 3 or image.shape[0] != 1:
+        kind = f"{image.shape[0]}-channel (colour)" if image.ndim == 3 else f"{image.ndim - 1}-D"
+        return [
+            f"image {file} is a {kind} array of shape {image.shape}, expected one grey 2-D plane: convert it to "
+            "8-bit grey PNG (e.g. `cfattr prepare`, or PIL .convert('L'))"
+        ]
+    problems = []
+    n_bad = int((~np.isfinite(image)).sum())
+    if n_bad:
+        problems.append(f"image {file} has {n_bad} NaN/Inf pixel(s), expected finite values: fix the export")
+    elif image.min() == image.max():
+        problems.append(f"image {file} is constant ({float(image.min()):g}), expected an image: check the export")
+    if min(image.shape[1:]) < min_size:
+        problems.append(
+            f"image {file} is {image.shape[1]}×{image.shape[2]} pixels, expected at least {min_size} per side (the "
+            "network's minimum size): use the full-resolution image"
+        )
+    return problems
+
+
+def _mask_problems(mask: np.ndarray, file: Path, key: str, image: np.ndarray | None) -> list[str]:
+    problems = []
+    if image is not None and mask.shape[1:] != image.shape[1:]:
+        problems.append(
+            f"{key} {file} is {mask.shape[1]}×{mask.shape[2]}, expected the size of its image "
+            f"{image.shape[1]}×{image.shape[2]}: resize it with nearest-neighbour interpolation or re-prepare the data"
+        )
+    levels = set(np.unique(mask).tolist()) if mask.size else set()
+    if not any(levels <= allowed for allowed in _BINARY_LEVELS):
+        shown = sorted(levels)[:6]
+        problems.append(
+            f"{key} {file} holds values {shown}{' …' if len(levels) > 6 else ''}, expected a binary mask ({{0, 1}} or "
+            "{0, 255}): threshold it (mask > 0) and save it again"
+        )
+    return problems
