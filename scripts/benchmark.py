@@ -1,0 +1,290 @@
+#!/usr/bin/env python
+"""Attribution maps per second: ours vs Grad-CAM, saliency and the iterative method (paper §4 "Timing").
+
+One process, one classifier, the same input batch for every method; warm-up calls are excluded and each timing is
+the median of ``--repeats`` calls. Measured, each as maps per second:
+
+===========================  ===================================================================================
+``ours``                     the attribution network's map (one forward pass under ``torch.inference_mode``)
+``ours_with_counterfactual`` map + counterfactual π(M̂) by the inpainter + p(c|I) and p(c|π(M̂))
+``gradcam``                  MONAI ``GradCAM`` on the classifier's coarsest activation, batched, as a user runs it
+``saliency``                 MONAI ``VanillaGrad`` as it is (batch 1 only: looped over the batch)
+``saliency_batched``         one forward + one input-gradient backward for the batch, frozen weights
+``classifier_forward``       the bare classifier forward pass (the floor of any method that runs the classifier)
+``iterative``                Major et al. 2020 on the first ``--iterative-images`` images, each until its own
+                             stopping criterion (:class:`~cfattr_monai.explain.baselines.IterativeCounterfactual`)
+===========================  ===================================================================================
+
+Without checkpoints every network has random weights (so the script runs on a fresh clone); the timings depend on
+the architectures only, except the iterative method's iteration count, which depends on when it converges. The
+input batch is phantom images of the backbone's task (mammography for MobileNet v1, chest X-ray for DenseNet-121).
+
+Example:
+    python scripts/benchmark.py --backbone densenet121 --size 256 256 --batch 8 --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import DenseNet121
+from torch import nn
+
+from cfattr_monai.data.phantoms import generate_phantom
+from cfattr_monai.explain.baselines import GradCAMBaseline, IterativeCounterfactual, SaliencyBaseline, saliency_batched
+from cfattr_monai.explain.counterfactual import CounterfactualExplainer
+from cfattr_monai.losses.attribution import CounterfactualLoss
+from cfattr_monai.networks.attribution import AttentionGatedUNet
+from cfattr_monai.networks.inpainter import PartialConvUNet
+from cfattr_monai.networks.mobilenet import MobileNetV1
+from cfattr_monai.transforms.marginalize import InpaintMarginalizer
+from cfattr_monai.transforms.masks import SmoothMaxCompact
+
+#: backbone → (phantom kind, inpainter levels): the paper drops the bottom-most inpainter level for 256² X-rays.
+BACKBONES = {"mobilenet_v1": ("mammo", 8), "densenet121": ("chest", 7)}
+METHODS = ("ours", "ours_with_counterfactual", "gradcam", "saliency", "saliency_batched", "iterative",
+           "classifier_forward")
+BASELINES = ("gradcam", "saliency", "saliency_batched", "iterative", "forward")
+
+
+def build_classifier(backbone: str, width_mult: float) -> nn.Module:
+    """The random-weight classifier of ``backbone`` with one pathology logit."""
+    if backbone == "mobilenet_v1":
+        return MobileNetV1(spatial_dims=2, in_channels=1, num_classes=1, width_mult=width_mult)
+    return DenseNet121(spatial_dims=2, in_channels=1, out_channels=1)
+
+
+def load_weights(network: nn.Module, path: str | None, option: str, ignore_prefixes: tuple[str, ...] = ()) -> str:
+    """Load a state dict (``weights_only=True``) into ``network``; returns ``"random"`` or the path."""
+    if path is None:
+        return "random"
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{option}: checkpoint {path} not found; pass the bundle's models/model.pt.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{option}: {path} holds a {type(state).__name__}, expected a state dict.")
+    hint = "check --backbone, --width-mult and --inpainter-levels against the bundle's config"
+    try:
+        missing, unexpected = network.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise ValueError(f"{option}: {path} does not fit {type(network).__name__}; {hint}.\n{error}") from None
+    missing = [k for k in missing if not k.startswith(ignore_prefixes)]
+    if missing or unexpected:
+        raise ValueError(
+            f"{option}: {path} does not fit {type(network).__name__} (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); {hint}."
+        )
+    return path
+
+
+def phantom_batch(kind: str, size: tuple[int, int], batch: int, seed: int = 0) -> torch.Tensor:
+    """``batch`` lesion phantoms of ``kind`` resized to ``size``, (B, 1, H, W) in [0, 1]."""
+    images = [generate_phantom(kind, max(size), np.random.default_rng([seed, i]), label=1)["image"] for i in range(batch)]
+    return F.interpolate(torch.from_numpy(np.stack(images))[:, None], size=size, mode="bilinear", align_corners=False)
+
+
+def seconds_per_call(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """Median wall time and median process CPU time of ``fn()`` over ``repeats`` calls after ``warmup`` calls.
+
+    The CPU time (all threads of this process) is the steadier measure of work on a machine shared with other jobs.
+    """
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        synchronize()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Build the networks, time every method, return the result record."""
+    device = torch.device(args.device)
+    kind, default_levels = BACKBONES[args.backbone]
+    size = tuple(args.size)
+    classifier = build_classifier(args.backbone, args.width_mult)
+    levels = args.inpainter_levels or default_levels
+    inpainter = PartialConvUNet(num_levels=levels)
+    weights = {
+        "classifier": load_weights(classifier, args.classifier_ckpt, "--classifier-ckpt"),
+        "inpainter": load_weights(inpainter, args.inpainter_ckpt, "--inpainter-ckpt"),
+    }
+    classifier = classifier.to(device).eval().requires_grad_(False)
+    inpainter = inpainter.to(device).eval().requires_grad_(False)
+    attributor = AttentionGatedUNet(classifier, compact=SmoothMaxCompact())
+    weights["attributor"] = load_weights(attributor, args.attributor_ckpt, "--attributor-ckpt", ("classifier.", "encoder."))
+    attributor = attributor.to(device).eval()
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    for network in (classifier, inpainter, attributor):
+        network.to(memory_format=memory_format)
+    images = phantom_batch(kind, size, args.batch).to(device).contiguous(memory_format=memory_format)
+
+    # --compile applies to the plain forward/backward paths; MONAI's hook-based GradCAM/VanillaGrad stay eager
+    fast_classifier = torch.compile(classifier) if args.compile else classifier
+    fast_attributor = torch.compile(attributor) if args.compile else attributor
+    marginalizer = InpaintMarginalizer(inpainter)
+    explainer = CounterfactualExplainer(fast_attributor, fast_classifier, marginalizer).eval()
+    gradcam, saliency = GradCAMBaseline(classifier), SaliencyBaseline(classifier)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else contextlib.nullcontext()
+
+    def no_grad(fn: Callable[[], object]) -> Callable[[], object]:
+        def call() -> object:
+            with torch.inference_mode(), amp:
+                return fn()
+        return call
+
+    def with_amp(fn: Callable[[], object]) -> Callable[[], object]:
+        def call() -> object:
+            with amp:
+                return fn()
+        return call
+
+    calls = {
+        "ours": no_grad(lambda: explainer.attribute(images)),
+        "ours_with_counterfactual": no_grad(lambda: explainer(images)),
+        "gradcam": with_amp(lambda: gradcam(images)),
+        "saliency": with_amp(lambda: saliency(images)),
+        "saliency_batched": with_amp(lambda: saliency_batched(fast_classifier, images)),
+        "classifier_forward": no_grad(lambda: fast_classifier(images)),
+    }
+    warmup = args.warmup + (2 if args.compile else 0)
+    timings = {name: seconds_per_call(fn, args.repeats, warmup, device) for name, fn in calls.items()}
+    seconds = {name: wall for name, (wall, _) in timings.items()}
+    cpu_seconds = {name: cpu for name, (_, cpu) in timings.items()}
+    maps_per_s = {name: args.batch / s for name, s in seconds.items()}
+
+    iterative_record = None
+    if args.iterative_images > 0:
+        loss = CounterfactualLoss(classifier, marginalizer, delta=args.delta)
+        method = IterativeCounterfactual(loss, max_iterations=args.iterative_max_iterations)
+        targets = images[: args.iterative_images]
+        start, start_cpu = time.perf_counter(), time.process_time()
+        with amp:
+            method(targets)
+        elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        maps_per_s["iterative"] = len(targets) / elapsed
+        iterative_record = {
+            "images": len(targets),
+            "max_iterations": args.iterative_max_iterations,
+            "seconds_per_map": elapsed / len(targets),
+            "cpu_seconds_per_map": elapsed_cpu / len(targets),
+            "runs": method.last_runs,
+        }
+    else:
+        maps_per_s["iterative"] = None
+
+    ours = maps_per_s["ours"]
+    peers = {"gradcam": "gradcam", "saliency": "saliency", "saliency_batched": "saliency_batched",
+             "iterative": "iterative", "forward": "classifier_forward"}
+    ratios = {f"ours_vs_{key}": (ours / maps_per_s[name] if maps_per_s[name] else None) for key, name in peers.items()}
+    return {
+        "device": device_name(device),
+        "backbone": args.backbone,
+        "size": list(size),
+        "batch": args.batch,
+        "maps_per_s": {name: maps_per_s[name] for name in METHODS},
+        "ratios": ratios,
+        "seconds_per_batch": seconds,
+        "cpu_seconds_per_batch": cpu_seconds,
+        "iterative": iterative_record,
+        "settings": {
+            "weights": weights, "width_mult": args.width_mult, "inpainter_levels": levels,
+            "channels_last": args.channels_last, "amp_bf16": args.amp, "compile": args.compile,
+            "repeats": args.repeats, "warmup": warmup, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
+    }
+
+
+def format_table(result: dict) -> str:
+    """A Markdown table: method, maps/s, seconds per map, ours / method."""
+    ours = result["maps_per_s"]["ours"]
+    lines = [
+        f"{result['backbone']} {result['size'][0]}×{result['size'][1]}, batch {result['batch']}, {result['device']}",
+        "",
+        "| method | maps/s | s per map | ours ÷ method |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in METHODS:
+        rate = result["maps_per_s"][name]
+        if rate is None:
+            lines.append(f"| {name} | – | – | – |")
+            continue
+        lines.append(f"| {name} | {rate:.3g} | {1 / rate:.3g} | {ours / rate:.3g} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), required=True)
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), required=True)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--classifier-ckpt")
+    parser.add_argument("--attributor-ckpt")
+    parser.add_argument("--inpainter-ckpt")
+    parser.add_argument("--width-mult", type=float, default=1.0, help="MobileNet v1 width (paper 1.0, demo 0.5)")
+    parser.add_argument("--inpainter-levels", type=int, help="default: 8 (mobilenet_v1), 7 (densenet121)")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile ours, the forward and saliency_batched")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for every method")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--iterative-images", type=int, default=2, help="0 skips the iterative method")
+    parser.add_argument("--iterative-max-iterations", type=int, default=300)
+    parser.add_argument("--delta", type=float, default=0.1, help="area limit δ of the iterative method's loss")
+    args = parser.parse_args(argv)
+    problems = [
+        f"--batch must be >= 1, got {args.batch}" if args.batch < 1 else "",
+        f"--size must be >= 32 32, got {args.size}" if min(args.size) < 32 else "",
+        f"--repeats must be >= 1, got {args.repeats}" if args.repeats < 1 else "",
+        "--device cuda requested but torch.cuda.is_available() is False" if args.device == "cuda"
+        and not torch.cuda.is_available() else "",
+    ]
+    if any(problems):
+        parser.error("; ".join(p for p in problems if p))
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    result = run(args)
+    print(format_table(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,80 @@
+"""Smoke test of scripts/benchmark.py on tiny sizes: the JSON it writes, its options and its errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cfattr_monai.networks.mobilenet import MobileNetV1
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+TINY = ["--backbone", "mobilenet_v1", "--width-mult", "0.25", "--size", "32", "32", "--batch", "2",
+        "--inpainter-levels", "3", "--repeats", "1", "--warmup", "0", "--iterative-max-iterations", "2"]
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_writes_the_documented_json(benchmark, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    benchmark.main([*TINY, "--iterative-images", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert {"device", "size", "batch", "maps_per_s", "ratios"} <= set(result)
+    assert result["size"] == [32, 32] and result["batch"] == 2
+    rates = result["maps_per_s"]
+    assert set(rates) == {"ours", "ours_with_counterfactual", "gradcam", "saliency", "saliency_batched",
+                          "iterative", "classifier_forward"}
+    assert all(rate > 0 for rate in rates.values())
+    assert set(result["ratios"]) == {"ours_vs_gradcam", "ours_vs_saliency", "ours_vs_saliency_batched",
+                                     "ours_vs_iterative", "ours_vs_forward"}
+    assert result["ratios"]["ours_vs_gradcam"] == pytest.approx(rates["ours"] / rates["gradcam"])
+    assert result["iterative"]["runs"][0]["iterations"] <= 2
+    assert "| ours |" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_iterative_can_be_skipped_and_checkpoints_are_loaded(benchmark, tmp_path):
+    ckpt = tmp_path / "classifier.pt"
+    torch.save(MobileNetV1(width_mult=0.25).state_dict(), ckpt)
+    result = benchmark.main([*TINY, "--iterative-images", "0", "--classifier-ckpt", str(ckpt),
+                             "--out", str(tmp_path / "b.json")])
+    assert result["maps_per_s"]["iterative"] is None and result["ratios"]["ours_vs_iterative"] is None
+    assert result["settings"]["weights"] == {"classifier": str(ckpt), "inpainter": "random", "attributor": "random"}
+
+
+@pytest.mark.parametrize(
+    "extra,error,match",
+    [
+        (["--classifier-ckpt", "missing.pt"], FileNotFoundError, "--classifier-ckpt: checkpoint missing.pt"),
+        (["--classifier-ckpt", "{wrong}"], ValueError, "does not fit MobileNetV1"),
+    ],
+)
+def test_bad_checkpoints_name_the_option(benchmark, tmp_path, extra, error, match):
+    wrong = tmp_path / "wrong.pt"
+    torch.save(MobileNetV1(width_mult=0.5).state_dict(), wrong)
+    extra = [e.replace("{wrong}", str(wrong)) for e in extra]
+    with pytest.raises(error, match=match):
+        benchmark.main([*TINY, "--iterative-images", "0", *extra, "--out", str(tmp_path / "b.json")])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--backbone", "resnet", "--size", "32", "32", "--out", "x.json"],
+        ["--backbone", "densenet121", "--size", "16", "16", "--out", "x.json"],
+        ["--backbone", "densenet121", "--size", "64", "64", "--batch", "0", "--out", "x.json"],
+        ["--backbone", "densenet121", "--size", "64", "--out", "x.json"],
+    ],
+)
+def test_bad_arguments_exit_with_usage(benchmark, argv):
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(argv)
