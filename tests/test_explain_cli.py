@@ -235,7 +235,9 @@ def test_bad_input_stops_with_a_clear_error_and_no_partial_output(tmp_path, writ
     assert [Path(r["image"]).name for r in _rows(out)] == ["a.png", "b.png"]  # the batch before the bad file
     _assert_consistent(out)
 
-    summary = explain_images(ThresholdExplainer(), [folder], out, (COLS, ROWS), skip_bad=True, progress=False)
+    summary = explain_images(
+        ThresholdExplainer(), [folder], out, (COLS, ROWS), skip_bad=True, resume=True, progress=False
+    )
     assert (summary["explained"], summary["skipped"]) == (1, 1)  # resumed: only d.png was left
     assert message.split(":")[0].replace("\\", "") in summary["skipped_errors"][0]
     assert [Path(r["image"]).name for r in _rows(out)] == ["a.png", "b.png", "d.png"]
@@ -250,10 +252,14 @@ def test_a_crash_leaves_a_consistent_folder_and_a_rerun_resumes(tmp_path):
     assert len(_rows(out)) == 2
     _assert_consistent(out)
     explainer = ThresholdExplainer()
-    summary = explain_images(explainer, [tmp_path / "in"], out, (COLS, ROWS), 2, progress=False)
+    summary = explain_images(explainer, [tmp_path / "in"], out, (COLS, ROWS), 2, resume=True, progress=False)
     assert (summary["explained"], summary["already_done"], len(explainer.calls)) == (2, 2, 1)
     assert sorted(Path(r["image"]).resolve() for r in _rows(out)) == sorted(p.resolve() for p in files.values())
     assert len({r["overlay"] for r in _rows(out)}) == 4
+    _assert_consistent(out)
+
+    summary = explain_images(ThresholdExplainer(), [tmp_path / "in"], out, (COLS, ROWS), progress=False)
+    assert (summary["explained"], summary["already_done"], len(_rows(out))) == (4, 0, 4)  # no resume: a new table
     _assert_consistent(out)
 
 

@@ -17,9 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", help="image files or folders (PNG, DICOM, NIfTI), walked recursively")
     parser.add_argument("--bundle", required=True, help="trained attributor bundle folder, e.g. bundles/attributor")
     parser.add_argument("--overlays", nargs="*", default=[], help="config overlays, relative to the bundle folder")
+    parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument(
-        "--out", required=True,
-        help="output folder (created); a re-run into it resumes: images listed in its explanations.csv are skipped",
+        "--resume", action="store_true",
+        help="keep OUT/explanations.csv of an earlier (interrupted) run and explain only the images it does not list",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     explainer = load_explainer(args.bundle, args.overlays, device=args.device)
     summary = explain_images(
         explainer, args.images, args.out, image_size, args.batch_size, args.device,
-        skip_bad=args.skip_bad, progress=not args.no_progress,
+        skip_bad=args.skip_bad, resume=args.resume, progress=not args.no_progress,
     )  # fmt: skip
     print(
         f"explained {summary['explained']} image(s) ({summary['resized']} resized to {image_size}), skipped "

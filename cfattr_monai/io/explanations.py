@@ -8,8 +8,8 @@ For every input image, in a stream of batches (a folder of any size never sits i
     <stem>_counterfactual.png    π(M̂): the image with the attributed region replaced by healthy tissue
     <stem>_overlay_sc.dcm        DICOM inputs only: the overlay as an RGB Secondary Capture of the study
     <stem>_mask_sc.dcm           DICOM inputs only: M̂ as a grey Secondary Capture (0/255)
-    explanations.csv             one row per image, appended and flushed when all its files exist; a re-run
-                                 into the same folder skips the images already listed (resume after a crash)
+    explanations.csv             one row per image, appended and flushed when all its files exist; with
+                                 ``resume`` a re-run skips the images already listed (e.g. after a crash)
 
 Images of another size than the network's input (``image_size`` in the bundle config, or ``--image-size``) are
 resized to it (MONAI ``Resize``, mode ``area``, as in the bundles' pre-processing); the maps are resized back to the
@@ -185,6 +185,7 @@ def explain_images(
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     skip_bad: bool = False,
+    resume: bool = False,
     progress: bool = True,
 ) -> dict:
     """Explain every image of ``inputs`` (files or folders) and write the outputs listed in the module docstring.
@@ -198,10 +199,9 @@ def explain_images(
         batch_size: images per forward pass.
         device: where the explainer runs.
         skip_bad: skip unreadable images with a warning (default: stop at the first with its error).
+        resume: keep ``out_dir/explanations.csv`` of an earlier (perhaps interrupted) run and explain only the images
+            it does not list yet. Default: start a new table (a model retrained since must not be skipped over).
         progress: show a tqdm progress bar.
-
-    Images already listed in ``out_dir/explanations.csv`` (by an earlier, perhaps interrupted, run) are not
-    explained again: a re-run resumes.
 
     Returns:
         ``dict(explained=int, skipped=int, already_done=int, resized=int, csv=Path, skipped_errors=list[str])``.
@@ -212,13 +212,15 @@ def explain_images(
     """
     image_size = tuple(int(s) for s in image_size)
     csv_path = output_path(out_dir, "explanations", ".csv")
-    done, used_stems = _earlier_rows(csv_path)
+    done, used_stems = _earlier_rows(csv_path) if resume else (set(), [])
 
     def todo() -> Iterator[Path]:
         return (p for p in iter_image_files(inputs) if str(p.resolve()) not in done)
 
     n_todo = sum(1 for _ in todo())  # a cheap pass over the names only; also fails early on a missing input
     csv_path.parent.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        csv_path.unlink(missing_ok=True)
     explainer = explainer.to(device).eval()
     stems = UniqueStems(used_stems)
     series_uids: dict[tuple[str, str], str] = defaultdict(generate_uid)  # (source series, kind) → new series UID
