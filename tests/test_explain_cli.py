@@ -19,7 +19,6 @@ import torch
 from PIL import Image
 from test_dicom_io import write_dicom
 
-import cfattr_monai.explain.counterfactual as counterfactual_module
 import cfattr_monai.io.explanations as explanations
 from cfattr_monai.cli import main
 from cfattr_monai.io.explanations import CSV_COLUMNS, bundle_image_size, explain_images, render_overlay
@@ -303,7 +302,8 @@ def test_render_overlay_marks_the_contour():
 @pytest.fixture
 def fake_bundle(tmp_path, monkeypatch):
     """A bundle folder with an image size, whose ``load_explainer`` returns the stand-in explainer."""
-    monkeypatch.setattr(counterfactual_module, "load_explainer", lambda bundle, overlays, device: ThresholdExplainer())
+    counterfactual = pytest.importorskip("cfattr_monai.explain.counterfactual")
+    monkeypatch.setattr(counterfactual, "load_explainer", lambda bundle, overlays, device: ThresholdExplainer())
     return _bundle(tmp_path, {"image_size": [COLS, ROWS]})
 
 
@@ -331,6 +331,26 @@ def test_cli_explain_user_errors(tmp_path, fake_bundle, capsys, monkeypatch, ima
     err = capsys.readouterr().err
     assert err.startswith("cfattr explain: error:") and message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # nothing written on a user error
+
+
+def test_with_the_real_explainer_interface(tmp_path):
+    """An untrained ``CounterfactualExplainer`` (tiny MobileNet, mean marginalizer) through the same path."""
+    counterfactual = pytest.importorskip("cfattr_monai.explain.counterfactual")
+    from cfattr_monai.networks.attribution import AttentionGatedUNet
+    from cfattr_monai.networks.mobilenet import MobileNetV1
+    from cfattr_monai.transforms.marginalize import get_marginalizer
+
+    torch.manual_seed(0)
+    classifier = MobileNetV1(width_mult=0.25).eval()
+    attributor = AttentionGatedUNet(classifier)
+    explainer = counterfactual.CounterfactualExplainer(attributor, classifier, get_marginalizer("mean"))
+    files = _inputs(tmp_path / "in")
+    summary = explain_images(explainer, [files["png"], files["dcm"]], tmp_path / "out", (64, 64), progress=False)
+    assert (summary["explained"], summary["resized"]) == (2, 2)
+    rows = _rows(tmp_path / "out")
+    assert all(0.0 <= float(r[k]) <= 1.0 for r in rows for k in ("p", "p_counterfactual"))
+    assert nib.load(tmp_path / "out" / rows[0]["map"]).shape == (COLS, ROWS)
+    _assert_consistent(tmp_path / "out")
 
 
 @pytest.mark.slow
