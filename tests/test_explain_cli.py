@@ -257,7 +257,7 @@ def test_a_crash_leaves_a_consistent_folder_and_a_rerun_resumes(tmp_path):
     assert len({r["overlay"] for r in _rows(out)}) == 4
     _assert_consistent(out)
 
-    summary = explain_images(ThresholdExplainer(), [tmp_path / "in"], out, (COLS, ROWS), progress=False)
+    summary = explain_images(ThresholdExplainer(), [tmp_path], out, (COLS, ROWS), progress=False)  # out ⊂ input
     assert (summary["explained"], summary["already_done"], len(_rows(out))) == (4, 0, 4)  # no resume: a new table
     _assert_consistent(out)
 

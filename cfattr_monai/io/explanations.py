@@ -215,7 +215,10 @@ def explain_images(
     done, used_stems = _earlier_rows(csv_path) if resume else (set(), [])
 
     def todo() -> Iterator[Path]:
-        return (p for p in iter_image_files(inputs) if str(p.resolve()) not in done)
+        for path in iter_image_files(inputs):
+            resolved = path.resolve()
+            if str(resolved) not in done and csv_path.parent not in resolved.parents:  # --out may lie in an input
+                yield path
 
     n_todo = sum(1 for _ in todo())  # a cheap pass over the names only; also fails early on a missing input
     csv_path.parent.mkdir(parents=True, exist_ok=True)
