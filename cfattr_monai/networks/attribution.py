@@ -94,7 +94,11 @@ class AttentionGatedUNet(nn.Module):
         classifier: trained classifier that :class:`ClassifierEncoder` supports (e.g. ``MobileNetV1``,
             MONAI ``DenseNet121``).
         compact: module mapping the soft map into S (e.g. ``SmoothMaxCompact()``); None returns the raw soft map.
-        init_std: standard deviation of the random-normal initialization of all trainable weights (biases 0).
+        init_std: standard deviation of the random-normal initialization of all trainable weights (biases 0);
+            None: He scaling ``sqrt(2 / fan_in)`` per layer, which keeps the activations' scale through the decoder.
+        background_bias: initial bias of ``c2``: with ``|c1| ≪ background_bias`` the initial map is nearly empty and
+            training grows it from nothing (as ``argmin d(M)`` asks); a map covering the whole image at the start
+            would leave the inpainter no context. 0 keeps the plain zero bias.
         eps: ε of the soft map.
 
     Example:
@@ -105,10 +109,15 @@ class AttentionGatedUNet(nn.Module):
     """
 
     def __init__(
-        self, classifier: nn.Module, compact: nn.Module | None = None, init_std: float = 0.02, eps: float = 1e-6
+        self,
+        classifier: nn.Module,
+        compact: nn.Module | None = None,
+        init_std: float | None = None,
+        background_bias: float = 1.0,
+        eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        if init_std <= 0:
+        if init_std is not None and init_std <= 0:
             raise ValueError(f"AttentionGatedUNet: init_std must be > 0, got {init_std}.")
         classifier.requires_grad_(False)
         self.classifier = classifier.eval()
@@ -126,13 +135,20 @@ class AttentionGatedUNet(nn.Module):
         )
         self.head = nn.Conv2d(channels[0], 2, kernel_size=1)
         self.compact = compact
-        self.eps = eps
+        self.init_std, self.background_bias, self.eps = init_std, background_bias, eps
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random-normal weights (``init_std`` or He scaling), zero biases, ``c2``'s bias ``background_bias``."""
         for module in [*self.filters, *self.blocks, self.head]:
             for name, parameter in module.named_parameters():
                 if name.endswith("bias"):
                     nn.init.zeros_(parameter)
                 else:
-                    nn.init.normal_(parameter, mean=0.0, std=init_std)
+                    fan_in = parameter[0].numel()
+                    nn.init.normal_(parameter, mean=0.0, std=self.init_std or (2.0 / fan_in) ** 0.5)
+        with torch.no_grad():
+            self.head.bias[1] = self.background_bias
 
     def train(self, mode: bool = True) -> AttentionGatedUNet:
         """Set the decoder's mode; the frozen classifier always stays in eval mode."""

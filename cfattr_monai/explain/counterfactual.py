@@ -1,0 +1,176 @@
+"""One-forward-pass counterfactual explanations: map M̂, counterfactual π(M̂) and the score drop p(c|I) → p(c|π(M̂)).
+
+:class:`CounterfactualExplainer` bundles the trained attribution network, the frozen classifier and the marginalizer
+π; :func:`load_explainer` builds it from a trained attributor bundle (which names the classifier and inpainter
+bundles it was trained with). This is the interface of the ``cfattr explain`` CLI, the benchmark and the evaluation.
+
+The attributor is only valid for the classifier it was trained on: training records a fingerprint of the
+classifier's weights in ``models/classifier_fingerprint.json`` and loading checks it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cfattr_monai.bundle import fingerprint
+from cfattr_monai.networks.classifier_output import pathology_probability
+
+__all__ = [
+    "CounterfactualExplainer",
+    "write_classifier_fingerprint",
+    "check_classifier_fingerprint",
+    "load_explainer",
+    "FINGERPRINT_FILE",
+]
+
+FINGERPRINT_FILE = "classifier_fingerprint.json"
+
+
+class CounterfactualExplainer(nn.Module):
+    """Attribution map, counterfactual image and scores for a batch, with one forward pass of the attributor.
+
+    Args:
+        attributor: network mapping images ``(B, 1, H, W)`` to soft maps ``(B, 1, H, W)`` in [0, 1] (e.g.
+            :class:`~cfattr_monai.networks.attribution.AttentionGatedUNet` ending in the mapping into S).
+        classifier: the frozen classifier the attributor explains.
+        marginalizer: π, ``marginalizer(image, mask) -> image``.
+        threshold: the map threshold giving the binary map M̂ (paper: 0.55).
+
+    Example:
+        >>> from cfattr_monai.networks.mobilenet import MobileNetV1
+        >>> from cfattr_monai.networks.attribution import AttentionGatedUNet
+        >>> from cfattr_monai.transforms.marginalize import get_marginalizer
+        >>> clf = MobileNetV1(width_mult=0.25).eval()
+        >>> explainer = CounterfactualExplainer(AttentionGatedUNet(clf), clf, get_marginalizer("mean"))
+        >>> out = explainer(torch.rand(2, 1, 64, 64))
+        >>> sorted(out), out["p"].shape
+        (['counterfactual', 'map', 'mask', 'p', 'p_counterfactual'], torch.Size([2]))
+    """
+
+    def __init__(
+        self,
+        attributor: nn.Module,
+        classifier: nn.Module,
+        marginalizer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        threshold: float = 0.55,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"CounterfactualExplainer: threshold must be in (0, 1), got {threshold}.")
+        self.attributor, self.classifier, self.marginalizer = attributor, classifier, marginalizer
+        self.threshold = threshold
+
+    def attribute(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(soft_map, binary_map)`` of ``images``, both ``(B, 1, H, W)``, from one attributor forward pass."""
+        soft_map = self.attributor(images)
+        return soft_map, (soft_map > self.threshold).to(soft_map.dtype)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``map`` (soft), ``mask`` (binary M̂), ``counterfactual`` π(M̂), ``p`` = p(c|I), ``p_counterfactual``."""
+        soft_map, mask = self.attribute(images)
+        counterfactual = self.marginalizer(images, mask)
+        return {
+            "map": soft_map,
+            "mask": mask,
+            "counterfactual": counterfactual,
+            "p": pathology_probability(self.classifier(images)),
+            "p_counterfactual": pathology_probability(self.classifier(counterfactual)),
+        }
+
+
+def write_classifier_fingerprint(classifier: nn.Module, ckpt_dir: str | Path) -> Path:
+    """Write ``ckpt_dir/classifier_fingerprint.json`` (through a temporary file) and return its path."""
+    path = Path(ckpt_dir) / FINGERPRINT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"sha256": fingerprint(classifier)}, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def check_classifier_fingerprint(classifier: nn.Module, ckpt_dir: str | Path) -> None:
+    """Raise ValueError when ``classifier`` is not the one the attributor in ``ckpt_dir`` was trained with.
+
+    Raises:
+        FileNotFoundError: no fingerprint file (the attributor was not trained by this bundle).
+        ValueError: the fingerprints differ.
+    """
+    path = Path(ckpt_dir) / FINGERPRINT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: cannot check that the classifier matches the trained attributor; train the "
+            "attributor bundle (it writes this file) or copy the file next to models/model.pt."
+        )
+    expected = json.loads(path.read_text())["sha256"]
+    found = fingerprint(classifier)
+    if found != expected:
+        raise ValueError(
+            f"the classifier's weights (sha256 {found[:12]}…) differ from those the attributor was trained with "
+            f"({expected[:12]}…, {path}); retrain the attributor for this classifier or point `classifier_bundle` "
+            "at the classifier it was trained with."
+        )
+
+
+def load_explainer(
+    attributor_bundle_dir: str | Path,
+    overlays: Sequence[str] = (),
+    checkpoint: str = "models/model.pt",
+    device: str | torch.device = "cpu",
+) -> CounterfactualExplainer:
+    """Build the explainer of a trained attributor bundle.
+
+    Reads the bundle's ``configs/inference.json`` plus ``overlays`` (paths relative to the bundle), loads the
+    classifier and inpainter bundles it names (``classifier_bundle``/``classifier_overlays``,
+    ``inpainter_bundle``/``inpainter_overlays``) through :func:`cfattr_monai.bundle.load_network`, checks the
+    classifier fingerprint, then loads the attributor weights from ``checkpoint``.
+
+    Raises:
+        FileNotFoundError: a bundle, config or checkpoint is missing.
+        ValueError: the classifier is not the one the attributor was trained with.
+    """
+    from monai.bundle import ConfigParser
+
+    from cfattr_monai.bundle import load_network
+
+    bundle = Path(attributor_bundle_dir).resolve()
+    config_files = [bundle / "configs" / "inference.json", *(bundle / o for o in overlays)]
+    for config_file in config_files:
+        if not config_file.is_file():
+            raise FileNotFoundError(
+                f"load_explainer: {config_file} not found; give an attributor bundle folder and overlay paths "
+                "relative to it."
+            )
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in config_files])
+    parser["bundle_root"] = str(bundle)
+
+    def bundle_path(key: str) -> Path:
+        path = Path(parser.get_parsed_content(key))
+        return path if path.is_absolute() else (bundle / path).resolve()
+
+    classifier = load_network(
+        bundle_path("classifier_bundle"), parser.get_parsed_content("classifier_overlays"), device=device
+    )
+    check_classifier_fingerprint(classifier, (bundle / checkpoint).parent)
+    inpainter = load_network(
+        bundle_path("inpainter_bundle"), parser.get_parsed_content("inpainter_overlays"), device=device
+    )
+    parser["classifier"] = classifier
+    parser["inpainter"] = inpainter
+    attributor = parser.get_parsed_content("network_def").to(device)
+    checkpoint_path = bundle / checkpoint
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(
+            f"load_explainer: attributor weights {checkpoint_path} not found; train the bundle first "
+            f"(python -m monai.bundle run --config_file {bundle}/configs/train.json)."
+        )
+    attributor.load_state_dict(torch.load(checkpoint_path, map_location=device, weights_only=True))
+    attributor.eval().requires_grad_(False)
+    marginalizer = parser.get_parsed_content("marginalizer")
+    return CounterfactualExplainer(attributor, classifier, marginalizer, parser.get_parsed_content("threshold"))

@@ -1,0 +1,124 @@
+"""Sanity checks for attribution maps by model randomization (Adebayo et al., NeurIPS 2018, the paper's ref. [2]).
+
+A map that explains a trained model must change when the model's learned weights are destroyed. Two
+randomizations of the attributor of :mod:`cfattr_monai.networks.attribution`:
+
+* **attributor re-initialization**: the attribution network's trainable weights are drawn again from their
+  random-normal initialization (the classifier is kept);
+* **cascading classifier randomization**: the explained classifier's layers are re-initialized one after the other,
+  from the output layer down to the first convolution (cumulatively), while the attribution network keeps its
+  trained weights; the maps are compared after each step.
+
+Similarity between the trained maps and the randomized maps: Spearman rank correlation (scipy.stats.spearmanr) of
+the flattened maps and SSIM (MONAI ``SSIMMetric``), averaged over images. **Lower is better**: the check passes
+when the similarity is low (the paper's maps turn into "pure noise"); a map with no rank information (constant)
+counts as correlation 0.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from monai.metrics import SSIMMetric
+from scipy.stats import spearmanr
+from torch import nn
+
+__all__ = [
+    "spearman_similarity",
+    "ssim_similarity",
+    "reinitialized_attributor",
+    "cascading_randomized_attributors",
+    "randomization_check",
+]
+
+
+def spearman_similarity(maps: torch.Tensor, other: torch.Tensor) -> float:
+    """Mean over images of Spearman's ρ between two batches of maps ``(B, 1, H, W)`` (constant maps: ρ = 0)."""
+    if maps.shape != other.shape:
+        raise ValueError(f"spearman_similarity: map batches differ in shape, {tuple(maps.shape)} vs {tuple(other.shape)}.")
+    values = []
+    for a, b in zip(maps.flatten(1).cpu().numpy(), other.flatten(1).cpu().numpy()):
+        rho = 0.0 if a.min() == a.max() or b.min() == b.max() else float(spearmanr(a, b).statistic)
+        values.append(rho)
+    return float(np.mean(values))
+
+
+def ssim_similarity(maps: torch.Tensor, other: torch.Tensor) -> float:
+    """Mean SSIM (data range 1) between two batches of maps ``(B, 1, H, W)`` in [0, 1]."""
+    if maps.shape != other.shape:
+        raise ValueError(f"ssim_similarity: map batches differ in shape, {tuple(maps.shape)} vs {tuple(other.shape)}.")
+    return float(SSIMMetric(spatial_dims=2, data_range=1.0)(maps.float(), other.float()).mean())
+
+
+def reinitialized_attributor(attributor: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of ``attributor`` with its trainable weights drawn again (its ``reset_parameters()``, seeded)."""
+    clone = copy.deepcopy(attributor)
+    torch.manual_seed(seed)
+    clone.reset_parameters()
+    return clone
+
+
+def _layers_top_down(classifier: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules with their own parameters and ``reset_parameters`` (convolutions, linear, norms), output first."""
+    layers = [
+        (name, module)
+        for name, module in classifier.named_modules()
+        if hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False))
+    ]
+    return layers[::-1]
+
+
+def cascading_randomized_attributors(
+    attributor: nn.Module, steps: int = 4, seed: int = 0
+) -> Iterator[tuple[str, nn.Module]]:
+    """Yield ``(last layer randomized, attributor copy)`` with the classifier randomized from the top, cumulatively.
+
+    The classifier's layers (output first) are split into ``steps`` consecutive groups; after re-initializing each
+    group (and all groups above it) a copy of the attributor with its trained decoder is yielded. The last copy has
+    every classifier layer randomized. ``attributor.classifier`` must be the module its encoder shares.
+    """
+    if steps < 1:
+        raise ValueError(f"cascading_randomized_attributors: steps must be >= 1, got {steps}.")
+    clone = copy.deepcopy(attributor)  # one deep copy keeps classifier and encoder sharing their modules
+    layers = _layers_top_down(clone.classifier)
+    if not layers:
+        raise ValueError("cascading_randomized_attributors: the classifier has no layer with reset_parameters().")
+    torch.manual_seed(seed)
+    for group in np.array_split(np.arange(len(layers)), min(steps, len(layers))):
+        with torch.no_grad():
+            for index in group:
+                layers[index][1].reset_parameters()
+        yield layers[group[-1]][0], copy.deepcopy(clone)
+
+
+@torch.no_grad()
+def randomization_check(attributor: nn.Module, images: torch.Tensor, steps: int = 4, seed: int = 0) -> dict:
+    """Spearman ρ and SSIM between the trained maps of ``images`` and those of both randomizations.
+
+    Returns:
+        ``{"attributor": {"spearman", "ssim"}, "cascading": [{"layer", "spearman", "ssim"}, …],
+        "classifier": {"spearman", "ssim"}}`` where ``classifier`` is the fully randomized classifier (last step).
+        Lower is better.
+
+    Example:
+        >>> from cfattr_monai.networks.attribution import AttentionGatedUNet
+        >>> from cfattr_monai.networks.mobilenet import MobileNetV1
+        >>> result = randomization_check(AttentionGatedUNet(MobileNetV1(width_mult=0.25)), torch.rand(2, 1, 64, 64))
+        >>> sorted(result)
+        ['attributor', 'cascading', 'classifier']
+    """
+    trained = attributor.eval()(images)
+
+    def compare(maps: torch.Tensor) -> dict[str, float]:
+        return {"spearman": spearman_similarity(trained, maps), "ssim": ssim_similarity(trained, maps)}
+
+    result = {"attributor": compare(reinitialized_attributor(attributor, seed).eval()(images))}
+    result["cascading"] = [
+        {"layer": layer, **compare(randomized.eval()(images))}
+        for layer, randomized in cascading_randomized_attributors(attributor, steps, seed)
+    ]
+    result["classifier"] = {k: result["cascading"][-1][k] for k in ("spearman", "ssim")}
+    return result

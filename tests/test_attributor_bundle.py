@@ -1,0 +1,122 @@
+"""Attributor bundle: metadata, config keys, and end-to-end 1-iteration train + inference runs on tiny phantoms."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, run, verify_metadata
+
+from cfattr_monai.data.phantoms import write_phantom_dataset
+from cfattr_monai.explain.counterfactual import CounterfactualExplainer, load_explainer
+from cfattr_monai.networks.inpainter import PartialConvUNet
+from cfattr_monai.networks.mobilenet import MobileNetV1
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "attributor"
+SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "monai" / "meta_schema_20240725.json"
+SIZE = 64
+CLASSIFIER = {"_target_": "cfattr_monai.networks.mobilenet.MobileNetV1", "width_mult": 0.25}
+INPAINTER = {
+    "_target_": "cfattr_monai.networks.inpainter.PartialConvUNet",
+    "channels": [4, 8, 8],
+    "kernel_sizes": [7, 5, 3],
+    "num_levels": 3,
+}
+
+
+def _stand_in_bundle(folder: Path, network_def: dict, network: torch.nn.Module) -> Path:
+    """A bundle folder that ``load_network`` accepts: configs/inference.json + models/model.pt (untrained)."""
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    (folder / "configs" / "inference.json").write_text(json.dumps({"network_def": network_def}))
+    torch.save(network.state_dict(), folder / "models" / "model.pt")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("attributor")
+    torch.manual_seed(0)
+    inpainter = PartialConvUNet(channels=(4, 8, 8), kernel_sizes=(7, 5, 3), num_levels=3)
+    return {
+        "root": root,
+        "datalist": write_phantom_dataset(root / "phantoms", kind="mammo", n=10, size=SIZE, seed=0),
+        "classifier_bundle": _stand_in_bundle(root / "classifier", CLASSIFIER, MobileNetV1(width_mult=0.25)),
+        "inpainter_bundle": _stand_in_bundle(root / "inpainter", INPAINTER, inpainter),
+    }
+
+
+def _overrides(ws: dict, bundle_root: Path) -> dict:
+    return {
+        "bundle_root": str(bundle_root),
+        "datalist": str(ws["datalist"]),
+        "phantoms": {"kind": "mammo", "n": 10, "size": SIZE, "seed": 0},
+        "image_size": [SIZE, SIZE],
+        "classifier_bundle": str(ws["classifier_bundle"]),
+        "inpainter_bundle": str(ws["inpainter_bundle"]),
+        "device": "$torch.device('cpu')",
+    }
+
+
+def test_metadata_verifies_offline():
+    if not SCHEMA.is_file():
+        pytest.skip(f"schema copy {SCHEMA} not found")
+    verify_metadata(meta_file=str(BUNDLE / "configs" / "metadata.json"), filepath=str(SCHEMA))
+
+
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_config_names_the_shared_keys(config):
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / config))
+    for key in ("bundle_root", "ckpt_dir", "output_dir", "datalist", "device", "network_def", "network", "initialize",
+                "run", "finalize", "classifier_bundle", "classifier_overlays", "inpainter_bundle",
+                "inpainter_overlays", "marginalizer", "threshold"):  # fmt: skip
+        assert key in parser, f"{config} lacks `{key}`"
+
+
+@pytest.mark.parametrize("overlay", ["configs/task_mammo.json", "configs/task_cxr.json"])
+def test_task_overlays_parse(overlay):
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / overlay)])
+    assert len(parser.get_parsed_content("image_size")) == 2
+
+
+@pytest.mark.slow
+def test_train_then_inference_end_to_end(workspace, tmp_path):
+    # a copy of the bundle's configs, so that models/, runs/ and eval/ land in tmp_path
+    bundle = tmp_path / "attributor"
+    (bundle / "configs").mkdir(parents=True)
+    for name in ("train.json", "inference.json", "logging.conf"):
+        (bundle / "configs" / name).write_text((BUNDLE / "configs" / name).read_text())
+    overrides = _overrides(workspace, bundle)
+    run(config_file=str(bundle / "configs" / "train.json"), num_epochs=1, batch_size=4, delta=0.2, **overrides)
+    assert (bundle / "models" / "model.pt").is_file()
+    assert (bundle / "models" / "classifier_fingerprint.json").is_file()
+    assert list((bundle / "runs").glob("events.out.tfevents.*")), "TensorBoard previews/stats missing"
+
+    run(config_file=str(bundle / "configs" / "inference.json"), data_list_key="test", **overrides)
+    rows = list(csv.DictReader((bundle / "eval" / "explanations" / "explanations.csv").open()))
+    assert len(rows) == 2  # n=10, 20 % test split
+    for row in rows:
+        assert 0.0 <= float(row["p"]) <= 1.0 and 0.0 <= float(row["p_counterfactual"]) <= 1.0
+        for kind in ("map", "mask", "overlay", "counterfactual"):
+            assert (bundle / "eval" / "explanations" / row[kind]).is_file()
+
+    # the explainer interface (CLI, benchmark, evaluation) loads the same bundle
+    (bundle / "configs" / "inference.json").write_text(
+        json.dumps({**json.loads((BUNDLE / "configs" / "inference.json").read_text()), **_overrides(workspace, bundle)})
+    )
+    explainer = load_explainer(bundle)
+    assert isinstance(explainer, CounterfactualExplainer)
+    out = explainer(torch.rand(2, 1, SIZE, SIZE))
+    assert out["map"].shape == out["mask"].shape == out["counterfactual"].shape == (2, 1, SIZE, SIZE)
+
+    # another classifier than the one trained with is refused
+    other = _stand_in_bundle(tmp_path / "other_classifier", CLASSIFIER, MobileNetV1(width_mult=0.25))
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    (bundle / "configs" / "inference.json").write_text(json.dumps({**config, "classifier_bundle": str(other)}))
+    with pytest.raises(ValueError, match="differ"):
+        load_explainer(bundle)

@@ -1,0 +1,92 @@
+"""Randomization sanity checks: similarity measures, both randomizations, and a small trained model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cfattr_monai.metrics.sanity import (
+    cascading_randomized_attributors,
+    randomization_check,
+    reinitialized_attributor,
+    spearman_similarity,
+    ssim_similarity,
+)
+from cfattr_monai.networks.attribution import AttentionGatedUNet
+from cfattr_monai.networks.mobilenet import MobileNetV1
+
+
+def _square(size: int = 32, at: int = 8) -> torch.Tensor:
+    m = torch.zeros(1, 1, size, size)
+    m[..., at : at + 8, at : at + 8] = 1.0
+    return m
+
+
+@pytest.mark.parametrize(
+    "other, expected",
+    [
+        (lambda m: m.clone(), 1.0),
+        (lambda m: 1.0 - m, -1.0),
+        (lambda m: torch.zeros_like(m), 0.0),
+    ],
+)
+def test_spearman_similarity(other, expected):
+    maps = _square() + 0.01 * torch.arange(32.0 * 32).reshape(1, 1, 32, 32) / 1024
+    assert spearman_similarity(maps, other(maps)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_ssim_identical_is_one_and_different_is_lower():
+    maps = _square()
+    assert ssim_similarity(maps, maps) == pytest.approx(1.0, abs=1e-5)
+    assert ssim_similarity(maps, _square(at=20)) < 0.5
+
+
+@pytest.mark.parametrize("fn", [spearman_similarity, ssim_similarity])
+def test_shape_mismatch_is_rejected(fn):
+    with pytest.raises(ValueError):
+        fn(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 9))
+
+
+def test_reinitialized_attributor_changes_only_trainable_weights():
+    net = AttentionGatedUNet(MobileNetV1(width_mult=0.25))
+    clone = reinitialized_attributor(net)
+    for (name, p), q in zip(net.named_parameters(), clone.parameters()):
+        if name.endswith("weight"):  # biases are 0 before and after
+            assert torch.equal(p, q) != p.requires_grad, name
+
+
+def test_cascading_randomization_reaches_every_layer_and_keeps_the_original():
+    classifier = MobileNetV1(width_mult=0.25)
+    with torch.no_grad():  # stand-in for training: no weight equals its initial value
+        for parameter in classifier.parameters():
+            parameter.add_(torch.rand_like(parameter) + 0.1)
+    before = {k: v.clone() for k, v in classifier.state_dict().items()}
+    net = AttentionGatedUNet(classifier)
+    stages = list(cascading_randomized_attributors(net, steps=3))
+    assert len(stages) == 3
+    last = stages[-1][1]
+    # the last copy has every classifier weight re-drawn, its encoder shares them, its decoder is the trained one
+    changed = [not torch.equal(v, before[k]) for k, v in last.classifier.state_dict().items() if k.endswith("weight")]
+    assert all(changed)
+    assert last.encoder is not net.encoder and torch.equal(last.head.weight, net.head.weight)
+    for key, value in classifier.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_randomization_check_on_a_small_trained_attributor():
+    """Train the decoder for a few steps to mark the bright quadrant; randomized maps must lose that structure."""
+    torch.manual_seed(0)
+    images = torch.rand(2, 1, 32, 32) * 0.2
+    images[..., :16, :16] += 0.8
+    target = torch.zeros(2, 1, 32, 32)
+    target[..., :16, :16] = 1.0
+    net = AttentionGatedUNet(MobileNetV1(width_mult=0.25), init_std=0.1)
+    optimizer = torch.optim.Adam(net.trainable_parameters(), lr=1e-2)
+    for _ in range(25):
+        optimizer.zero_grad()
+        torch.nn.functional.binary_cross_entropy(net(images).clamp(1e-4, 1 - 1e-4), target).backward()
+        optimizer.step()
+    result = randomization_check(net, images, steps=2)
+    assert result["attributor"]["spearman"] < 0.5
+    assert result["classifier"]["spearman"] < 0.5
+    assert len(result["cascading"]) == 2
