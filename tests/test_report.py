@@ -1,0 +1,116 @@
+"""Report generator on synthetic inputs: Table 1, significance marks, figures, timing, missing parts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cfattr_monai.explain.counterfactual import CounterfactualExplainer
+from cfattr_monai.networks.attribution import AttentionGatedUNet
+from cfattr_monai.networks.mobilenet import MobileNetV1
+from cfattr_monai.report.build import write_report
+from cfattr_monai.report.evaluate import attribution_maps, evaluate_attribution, localization_study
+from cfattr_monai.report.tables import table1, timing_table, verdicts
+from cfattr_monai.transforms.marginalize import get_marginalizer
+
+N, SIZE = 12, 32
+
+
+def synthetic_maps(seed: int = 0) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Ours hits each lesion exactly; Grad-CAM is a blob elsewhere; saliency is noise."""
+    rng = np.random.default_rng(seed)
+    lesions = torch.zeros(N, 1, SIZE, SIZE)
+    gradcam = torch.zeros(N, 1, SIZE, SIZE)
+    for i in range(N):
+        y, x = rng.integers(2, 12, size=2)
+        lesions[i, 0, y : y + 6, x : x + 6] = 1
+        gradcam[i, 0, 18:30, 18:30] = torch.rand(12, 12) + 0.5
+    organs = torch.zeros(N, 1, SIZE, SIZE)
+    organs[:, :, :, :24] = 1
+    maps = {"mask": lesions.clone(), "gradcam": gradcam, "saliency": torch.rand(N, 1, SIZE, SIZE)}
+    return maps, lesions, organs
+
+
+@pytest.fixture(scope="module")
+def fragment():
+    maps, lesions, organs = synthetic_maps()
+    result, per_image = localization_study(maps, lesions, organs)
+    assert set(per_image) == {"ours", *(f"{b}_P{q}" for b in ("gradcam", "saliency") for q in (50, 75, 90))}
+    return result
+
+
+def test_localization_study_ranks_a_perfect_map_first(fragment):
+    assert fragment["ours"]["H"]["mean"] == 0.0 and fragment["ours"]["L"]["mean"] == 1.0
+    for baseline in ("gradcam", "saliency"):
+        for p in ("P50", "P75", "P90"):
+            assert fragment[baseline][p]["H"]["mean"] > 0
+            assert fragment["wilcoxon_p"][baseline][p]["H"] < 0.01  # 12 paired images, all better: p = 2/2^12
+    marks = verdicts(fragment)
+    p_value = fragment["wilcoxon_p"]["gradcam"]["P90"]["H"]
+    assert marks["gradcam"]["P90"]["H"] == {"p": p_value, "better": True, "significant": True}
+
+
+def test_table1_has_the_paper_layout(fragment):
+    text = table1(fragment)
+    assert "| P | H ours | H Grad-CAM | H saliency | L ours | L Grad-CAM | L saliency |" in text
+    assert "| P | A ours | A Grad-CAM | A saliency |" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| 50", "| 75", "| 90"))]
+    assert len(rows) == 6 and rows[0].startswith("| 50 | 0 ± 0 |")
+
+
+def test_report_with_every_part(fragment, tmp_path):
+    maps, lesions, _ = synthetic_maps()
+    examples = {"image": torch.rand(2, 1, SIZE, SIZE).numpy(), "lesion": lesions[:2].numpy(),
+                "ours": maps["mask"][:2].numpy(), "mask": maps["mask"][:2].numpy(),
+                "gradcam": maps["gradcam"][:2].numpy(), "saliency": maps["saliency"][:2].numpy()}
+    np.savez(tmp_path / "examples.npz", **examples)
+    (tmp_path / "attribution.json").write_text(json.dumps({**fragment, "flip_rate": 0.9, "n_flagged": 10}))
+    marginalization = {"auc_none": 0.9, "auc_healthy_inpaint": 0.89, "auc_lesion_inpaint": 0.8,
+                       "roc": {"none": {"fpr": [0, 0.5, 1], "tpr": [0, 0.9, 1]}}}
+    timing = {"device": "cpu", "backbone": "densenet121", "size": [256, 256], "batch": 8,
+              "maps_per_s": {"ours": 8.0, "gradcam": 2.0, "iterative": None},
+              "ratios": {"ours_vs_gradcam": 4.0, "ours_vs_iterative": None}}
+    report = write_report(
+        tmp_path / "out",
+        attribution=tmp_path / "attribution.json",
+        examples=tmp_path / "examples.npz",
+        marginalization=marginalization,
+        timing=[timing, tmp_path / "missing.json"],
+    )
+    text = report.read_text()
+    assert "flip rate): 0.900" in text and "✓" in text
+    assert "fig3_attribution_grid.png" in text and (report.parent / "fig3_attribution_grid.png").stat().st_size > 0
+    assert "fig1c_roc.png" in text and (report.parent / "fig1c_roc.png").is_file()
+    assert "| densenet121 | 256×256 | 8 | cpu | 8 |" in text
+    assert json.loads((report.parent / "report_metrics.json").read_text())["timing"][0]["batch"] == 8
+    assert not list(report.parent.glob(".tmp-*"))
+
+
+def test_report_names_what_is_missing(tmp_path):
+    text = write_report(tmp_path, marginalization=tmp_path / "absent.json").read_text()
+    assert text.count("not available") == 3 and "configs/evaluate.json" in text and "scripts/benchmark.py" in text
+
+
+def test_timing_table_prints_dashes_for_skipped_methods():
+    row = timing_table([{"device": "cpu", "size": [8, 8], "batch": 1, "maps_per_s": {"ours": 1.0}, "ratios": {}}])
+    assert row.splitlines()[-1].startswith("| ? | 8×8 | 1 | cpu | 1 | – |")
+
+
+def test_attribution_maps_of_a_tiny_explainer():
+    torch.manual_seed(0)
+    classifier = MobileNetV1(width_mult=0.25).eval().requires_grad_(False)
+    explainer = CounterfactualExplainer(AttentionGatedUNet(classifier), classifier, get_marginalizer("mean"))
+    with torch.no_grad():
+        maps = attribution_maps(explainer, torch.rand(3, 1, 64, 64), batch_size=2)
+    assert {k: tuple(v.shape) for k, v in maps.items()} == {
+        "ours": (3, 1, 64, 64), "mask": (3, 1, 64, 64), "counterfactual": (3, 1, 64, 64), "p": (3,),
+        "p_counterfactual": (3,), "gradcam": (3, 1, 64, 64), "saliency": (3, 1, 64, 64)}
+    assert all(torch.isfinite(v).all() for v in maps.values())
+
+
+def test_evaluate_attribution_rejects_an_unknown_area_reference(tmp_path):
+    with pytest.raises(ValueError, match="area_reference must be 'organ' or 'image'"):
+        evaluate_attribution(tmp_path, tmp_path / "datalist.json", tmp_path, area_reference="breast")
