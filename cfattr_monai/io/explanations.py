@@ -47,7 +47,6 @@ __all__ = ["CSV_COLUMNS", "explain_images", "bundle_image_size", "render_overlay
 
 logger = logging.getLogger(__name__)
 
-CSV_NAME = "explanations.csv"
 CSV_COLUMNS = (
     "image", "p", "p_counterfactual", "map_area_px", "area_ratio_image", "area_ratio_foreground", "resized",
     "map", "mask", "overlay", "counterfactual", "dicom_overlay", "dicom_mask",
@@ -125,15 +124,14 @@ def render_overlay(image: np.ndarray, soft_map: np.ndarray, mask: np.ndarray) ->
     """
     heat = matplotlib.colormaps["inferno"](soft_map)[..., :3]
     weight = OVERLAY_ALPHA * soft_map[..., None]
-    rgb = (1.0 - weight) * image[..., None] + weight * heat
+    rgb = _unit_to_uint8((1.0 - weight) * image[..., None] + weight * heat)
     mask = mask > 0
-    contour = mask & ~ndimage.binary_erosion(mask, border_value=0)
-    rgb = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
-    rgb[contour] = CONTOUR_RGB
+    rgb[mask & ~ndimage.binary_erosion(mask, border_value=0)] = CONTOUR_RGB
     return rgb
 
 
 def _unit_to_uint8(array: np.ndarray) -> np.ndarray:
+    """[0, 1] → uint8 0…255, rounded and clipped."""
     return np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
 
 
