@@ -6,7 +6,7 @@ random number from a global state, so one generator per image makes every image 
 
 Texture is power-law ("1/f^β") noise: white noise filtered in Fourier space so that its power spectrum falls as
 ``P(f) ∝ f^{−β}``. ``β ≈ 3`` matches the measured power spectra of mammographic parenchyma (Burgess et al., Med.
-Phys. 28(4), 2001), ``β ≈ 2`` gives the patchier field used for TB-like opacities.
+Phys. 28(4), 2001), the same field, thresholded inside a disc, gives the clumps of the TB-like opacities.
 
 Lesions are *added* to the healthy anatomy with a profile that is strictly positive exactly on the lesion mask,
 so the mask is exact: no pixel outside it is changed by the lesion, every pixel inside it is.
@@ -208,7 +208,7 @@ def chest_opacity(size: int, rng: np.random.Generator, organ: np.ndarray, radius
     candidates = np.flatnonzero(upper if rng.random() < 0.75 and upper.any() else organ)
     row, col = np.unravel_index(rng.choice(candidates), organ.shape)
     zone = np.clip(1.0 - ((x - x[row, col]) ** 2 + (y - y[row, col]) ** 2) / radius**2, 0.0, 1.0)
-    patches = np.clip(power_law_noise(size, 2.0, rng) + 0.3, 0.0, None) * zone * organ
+    patches = np.clip(power_law_noise(size, 3.0, rng) + 0.5, 0.0, None) * zone * organ
     if not patches.any():  # a zone that caught no patch still shows its densest point
         patches = zone * organ
     return (patches / max(float(patches.max()), 1e-6)).astype(np.float32)
