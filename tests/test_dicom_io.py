@@ -142,6 +142,10 @@ def _multi_frame(path):
     write_dicom(path, pixels=np.concatenate([RAMP, RAMP]), NumberOfFrames=2, Rows=6, Columns=5)
 
 
+def _palette(path):
+    write_dicom(path, photometric="PALETTE COLOR", bits_stored=8, pixels=RAMP % 256)
+
+
 def _not_dicom(path):
     path.write_text("this is a text file with a .dcm suffix")
 
@@ -151,6 +155,7 @@ BAD_DICOM_CASES = [  # (writer, expected message)
     (_without_pixels, r"without pixel data \(Digital Mammography"),
     (_structured_report, r"without pixel data \(Basic Text SR Storage\)"),
     (_multi_frame, r"multi-frame DICOM with 2 frames"),
+    (_palette, r"PALETTE COLOR image"),
     (_not_dicom, r"not a readable DICOM file"),
 ]
 

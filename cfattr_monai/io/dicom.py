@@ -82,6 +82,12 @@ def display_pixels(ds: Dataset, filename: str | os.PathLike) -> np.ndarray:
             f"{filename}: DICOM object without pixel data ({sop_class}); expected an image such as a mammogram (MG) "
             "or a radiograph (CR/DX). Remove non-image objects (reports, presentation states) from the input."
         )
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric == "PALETTE COLOR":
+        raise DicomInputError(
+            f"{filename}: PALETTE COLOR image ({sop_class}); expected a grey-scale (MONOCHROME1/2) or RGB radiograph. "
+            "Export the image as grey-scale."
+        )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
         raise DicomInputError(
@@ -97,10 +103,10 @@ def display_pixels(ds: Dataset, filename: str | os.PathLike) -> np.ndarray:
             "(pylibjpeg or python-gdcm)."
         ) from err
     if int(ds.get("SamplesPerPixel", 1)) > 1:
-        warnings.warn(f"{filename}: colour DICOM ({ds.PhotometricInterpretation}) converted to grey by luminance.")
+        warnings.warn(f"{filename}: colour DICOM ({photometric}) converted to grey by luminance.")
         return luminance(stored)
     pixels = apply_voi_lut(apply_modality_lut(stored, ds), ds).astype(np.float32)
-    if ds.get("PhotometricInterpretation") == "MONOCHROME1":  # minimum displays white: flip so that larger = brighter
+    if photometric == "MONOCHROME1":  # minimum displays white: flip within the image's range so larger = brighter
         pixels = pixels.max() + pixels.min() - pixels
     return pixels
 
