@@ -7,10 +7,16 @@ import pytest
 from cfattr_monai.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", [[sys.executable, "-m", "cfattr_monai", "--help"]])
-def test_module_help_lists_commands(command):
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    assert "phantoms" in result.stdout and "prepare" in result.stdout
+@pytest.mark.parametrize(
+    "command,expected",
+    [
+        ([sys.executable, "-m", "cfattr_monai", "--help"], ["phantoms", "prepare"]),
+        ([sys.executable, "scripts/prepare_data.py", "--help"], ["mini-mias", "shenzhen", "cbis-ddsm"]),
+    ],
+)
+def test_entry_points_help(repo_root, command, expected):
+    result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=repo_root)
+    assert all(word in result.stdout for word in expected)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["phantoms", "--help"], ["prepare", "--help"]])
