@@ -114,3 +114,25 @@ def test_attribution_maps_of_a_tiny_explainer():
 def test_evaluate_attribution_rejects_an_unknown_area_reference(tmp_path):
     with pytest.raises(ValueError, match="area_reference must be 'organ' or 'image'"):
         evaluate_attribution(tmp_path, tmp_path / "datalist.json", tmp_path, area_reference="breast")
+
+
+def test_attributor_evaluate_config_calls_the_evaluation_and_the_report(repo_root, tmp_path, monkeypatch):
+    from monai.bundle import ConfigParser
+
+    import cfattr_monai.report.build
+    import cfattr_monai.report.evaluate
+
+    calls = {}
+    record = lambda name: lambda *a, **k: calls.setdefault(name, (a, k))  # noqa: E731
+    monkeypatch.setattr(cfattr_monai.report.evaluate, "evaluate_attribution", record("eval"))
+    monkeypatch.setattr(cfattr_monai.report.build, "write_report", record("report"))
+    parser = ConfigParser()
+    parser.read_config(str(repo_root / "bundles" / "attributor" / "configs" / "evaluate.json"))
+    parser["bundle_root"] = str(tmp_path)
+    parser["phantoms"] = None
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("run")
+    args, kwargs = calls["eval"]
+    assert args == (str(tmp_path), f"{tmp_path}/../../data/phantoms/mammo_128/datalist.json", f"{tmp_path}/eval")
+    assert kwargs["area_reference"] == "organ" and kwargs["split"] == "test" and kwargs["overlays"] == []
+    assert calls["report"][1]["attribution"] == f"{tmp_path}/eval/attribution_metrics.json"
