@@ -205,3 +205,11 @@ def test_ensure_refuses_mismatch(tmp_path, name, kwargs, match):
 def test_figure(tmp_path, kind):
     path = save_phantom_figure(tmp_path / f"{kind}.png", kind, count=2, size=64)
     assert Image.open(path).size[0] > 100 and path.stat().st_size < 300_000
+
+
+def test_ensure_refuses_set_from_older_generator(tmp_path):
+    datalist = ensure_phantom_dataset(tmp_path / "datalist.json", "mammo", n=10, size=48, seed=0)
+    recorded = json.loads((tmp_path / "phantoms.json").read_text())
+    (tmp_path / "phantoms.json").write_text(json.dumps({**recorded, "generator": recorded["generator"] - 1}))
+    with pytest.raises(ValueError, match="delete"):
+        ensure_phantom_dataset(datalist, "mammo", n=10, size=48, seed=0)

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 KINDS = ("mammo", "chest")
+GENERATOR_VERSION = 2  # bump when the drawing code changes, so that ensure_phantom_dataset refreshes old sets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +153,7 @@ def _check_kind(kind: str) -> None:
 
 def _parameters(kind: str, n: int, size: int, seed: int, splits, settings: Difficulty) -> dict:
     return {
+        "generator": GENERATOR_VERSION,
         "kind": kind,
         "n": int(n),
         "size": int(size),
