@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.data
 import pytest
 from monai.transforms import LoadImage
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -23,6 +25,7 @@ from cfattr_monai.io.dicom import (
     read_header,
     write_secondary_capture,
 )
+from cfattr_monai.io.images import ImageInputError, load_image
 
 DIGITAL_MAMMOGRAPHY = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage - For Presentation
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
@@ -146,6 +149,12 @@ def _palette(path):
     write_dicom(path, photometric="PALETTE COLOR", bits_stored=8, pixels=RAMP % 256)
 
 
+def _segmentation(path):
+    segment = Dataset()
+    segment.SegmentNumber, segment.SegmentLabel = 1, "lesion"
+    write_dicom(path, SOPClassUID="1.2.840.10008.5.1.4.1.1.66.4", SegmentSequence=[segment])
+
+
 def _not_dicom(path):
     path.write_text("this is a text file with a .dcm suffix")
 
@@ -156,6 +165,7 @@ BAD_DICOM_CASES = [  # (writer, expected message)
     (_structured_report, r"without pixel data \(Basic Text SR Storage\)"),
     (_multi_frame, r"multi-frame DICOM with 2 frames"),
     (_palette, r"PALETTE COLOR image"),
+    (_segmentation, r"a DICOM segmentation \(SEG\), not an image"),
     (_not_dicom, r"not a readable DICOM file"),
 ]
 
@@ -217,3 +227,19 @@ def test_secondary_capture_bad_input_writes_nothing(tmp_path, pixels, source_tag
     with pytest.raises(ValueError, match=message):
         write_secondary_capture(tmp_path / "sc.dcm", pixels, read_header(tmp_path / "src.dcm"), generate_uid(), "x")
     assert os.listdir(tmp_path) == ["src.dcm"]
+
+
+PYDICOM_TEST_FILES = sorted((Path(pydicom.data.__file__).parent / "test_files").glob("*.dcm"))
+
+
+@pytest.mark.parametrize("path", PYDICOM_TEST_FILES, ids=[p.name for p in PYDICOM_TEST_FILES])
+def test_pydicom_test_files_load_or_fail_clearly(path):
+    """pydicom's corpus (compressed, big-endian, RGB/YBR, multi-frame, SR, RT, SEG, broken): image or clear error."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = load_image(path)
+    except ValueError as err:
+        assert isinstance(err, (DicomInputError, ImageInputError)) and str(path) in str(err)
+    else:
+        assert image.ndim == 3 and image.shape[0] == 1 and float(image.min()) == 0.0 and float(image.max()) == 1.0

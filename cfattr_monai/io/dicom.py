@@ -127,14 +127,25 @@ class RadiographDicomReader(PydicomReader):
     """
 
     def read(self, data, **kwargs):
-        """Read one DICOM file (folders and series are refused: every file is one image here)."""
-        for name in [data] if isinstance(data, (str, os.PathLike)) else data:
+        """Read DICOM files; folders (series) and segmentation objects are refused: every file is one image here."""
+        names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+        label = ", ".join(str(n) for n in names)
+        for name in names:
             if os.path.isdir(name):
                 raise DicomInputError(f"{name}: is a folder; pass the DICOM files of a folder one by one.")
         try:
-            return super().read(data, **kwargs)
+            datasets = super().read(data, **kwargs)
         except Exception as err:  # pydicom raises InvalidDicomError, EOFError, struct/OSError on broken files
-            raise DicomInputError(f"{data}: not a readable DICOM file ({type(err).__name__}: {err}).") from err
+            raise DicomInputError(
+                f"{label}: not a readable DICOM file ({type(err).__name__}: {err}). If it is a data set without the "
+                "DICOM Part 10 file header, re-save it with one (e.g. dcmconv +F from dcmtk)."
+            ) from err
+        for ds in datasets if isinstance(datasets, list) else [datasets]:
+            if "SegmentSequence" in ds:  # PydicomReader would read it as a label map
+                raise DicomInputError(
+                    f"{label}: a DICOM segmentation (SEG), not an image; pass the image the segmentation belongs to."
+                )
+        return datasets
 
     def _get_array_data(self, img, filename):
         return display_pixels(img, filename)
