@@ -3,8 +3,10 @@
 #
 #   OUT=/some/folder bash scripts/gpu_benchmark.sh      # from the repository root; about 5 min, at most ~8
 #
-# 1. installs this repository into the python3 at hand (`pip install -e .`) using the torch already installed
-#    (with --no-deps first, so pip never swaps torch for another build; missing dependencies are then installed);
+# 1. makes the repository importable with the torch already installed: wheels carried in .whl/ (the lent GPU
+#    machines fetch nothing; `monai` is the only package the benchmark needs beyond their image — carry `.whl` with
+#    monai-*.whl, e.g. `pip download --no-deps --only-binary=:all: -d .whl monai==1.6.1`) go to /tmp/site, then
+#    `pip install --no-deps --no-build-isolation -e .` (never replaces torch) with PYTHONPATH=. as a fallback;
 # 2. runs the benchmark with random weights (the timings depend on the architectures only):
 #    MobileNet v1 at 576×448 (paper mammography, inpainter 8 levels) and DenseNet-121 at 256² (paper chest X-ray,
 #    7 levels), batch 1 and 8, each plain / channels-last / bf16 autocast / channels-last + bf16, the iterative
@@ -23,11 +25,18 @@ if ! python3 -c "import torch" 2>/dev/null; then
     say "ERROR: torch is not installed in python3; install the CUDA build of torch first (e.g. pip install torch==2.13.0)."
     exit 1
 fi
-say "installing the repository (pip install -e . --no-deps, then missing dependencies)"
-python3 -m pip install --quiet --no-deps -e . >>"$LOG" 2>&1 || say "WARNING: pip install -e . --no-deps failed (see $LOG)"
-if ! python3 -c "import monai, ignite, scipy, matplotlib, cfattr_monai" 2>>"$LOG"; then
-    say "dependencies missing: pip install -e . (torch already present is kept)"
-    python3 -m pip install --quiet -e . >>"$LOG" 2>&1 || { say "ERROR: could not install the dependencies (see $LOG)"; exit 1; }
+if compgen -G ".whl/*.whl" >/dev/null; then
+    say "installing carried wheels: $(ls .whl | tr '\n' ' ')"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        >>"$LOG" 2>&1 && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}" || say "WARNING: wheel install failed"
+fi
+say "installing the repository: pip install --no-deps --no-build-isolation -e ."
+python3 -m pip install -q --no-deps --no-build-isolation -e . >>"$LOG" 2>&1 \
+    || say "WARNING: pip install -e . failed (see $LOG); using PYTHONPATH=$PWD instead"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! python3 -c "import monai, scipy, matplotlib, cfattr_monai" 2>>"$LOG"; then
+    say "ERROR: monai/scipy/matplotlib or cfattr_monai not importable (see $LOG); carry .whl with monai-*.whl."
+    exit 1
 fi
 {
     nvidia-smi 2>&1 || echo "nvidia-smi not found"
