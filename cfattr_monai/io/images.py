@@ -16,8 +16,8 @@ Decisions for unusual input (each raises :class:`ImageInputError` naming the fil
 * constant images → refused (a blank export: a classifier score and a map would be meaningless);
 * anything with more than two spatial dimensions (a volume, a multi-frame file) → refused.
 
-Folders are walked lazily (:func:`iter_image_files`) and images are read one at a time (:func:`iter_images`), so a
-folder of any size never sits in memory.
+Folders are walked lazily (:func:`iter_image_files`) and :func:`load_image` reads one file at a time, so a folder
+of any size never sits in memory.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from monai.transforms import LoadImage, ScaleIntensity
 
 from cfattr_monai.io.dicom import DicomInputError, RadiographDicomReader, luminance
 
-__all__ = ["ImageInputError", "IMAGE_SUFFIXES", "is_dicom_file", "iter_image_files", "load_image", "iter_images"]
+__all__ = ["ImageInputError", "IMAGE_SUFFIXES", "is_dicom_file", "iter_image_files", "load_image"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm", ".nii", ".nii.gz", ".dcm", ".dicom")
 
@@ -152,8 +152,3 @@ def _as_unit_grey(image: MetaTensor, path: Path) -> MetaTensor:
         )
     return _SCALE(image.float())
 
-
-def iter_images(files: Iterable[str | os.PathLike]) -> Iterator[MetaTensor]:
-    """Load ``files`` lazily, one image at a time (see :func:`load_image`)."""
-    for path in files:
-        yield load_image(path)
