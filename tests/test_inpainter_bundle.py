@@ -1,0 +1,140 @@
+"""Inpainter bundle: metadata, config keys, overlays; end-to-end train (two phases, resume), evaluate and inference
+on tiny phantoms; the paper's 8-level 576×448 configuration for one iteration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow, run, verify_metadata
+
+from cfattr_monai.bundle import load_network
+from cfattr_monai.data.phantoms import write_phantom_dataset
+from cfattr_monai.networks.inpainter import PartialConvUNet
+from cfattr_monai.networks.mobilenet import MobileNetV1
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "inpainter"
+SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "monai" / "meta_schema_20240725.json"
+SIZE = 32
+TINY_NET = {"num_levels": 3, "channels": [4, 8, 8], "kernel_sizes": [7, 5, 3]}
+PHANTOMS = {"kind": "mammo", "n": 10, "size": SIZE, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("inpainter")
+    classifier = root / "classifier"
+    (classifier / "configs").mkdir(parents=True)
+    (classifier / "models").mkdir()
+    network_def = {"_target_": "cfattr_monai.networks.mobilenet.MobileNetV1", "width_mult": 0.25}
+    (classifier / "configs" / "inference.json").write_text(json.dumps({"network_def": network_def}))
+    torch.manual_seed(0)
+    torch.save(MobileNetV1(width_mult=0.25).state_dict(), classifier / "models" / "model.pt")  # untrained stand-in
+    return {"datalist": write_phantom_dataset(root / "phantoms", **PHANTOMS), "classifier_bundle": str(classifier)}
+
+
+def _bundle_copy(tmp_path: Path) -> Path:
+    """The bundle's configs in tmp_path, so that models/ and eval/ land there."""
+    bundle = tmp_path / "inpainter"
+    (bundle / "configs").mkdir(parents=True)
+    for config in (BUNDLE / "configs").iterdir():
+        (bundle / "configs" / config.name).write_text(config.read_text())
+    return bundle
+
+
+def _overrides(ws: dict, bundle: Path) -> dict:
+    return {
+        "bundle_root": str(bundle),
+        "dataset_dir": str(ws["datalist"].parent),
+        "phantoms": PHANTOMS,
+        "image_size": [SIZE, SIZE],
+        "classifier_bundle": ws["classifier_bundle"],
+        "device": "$torch.device('cpu')",
+        **TINY_NET,
+    }
+
+
+def test_metadata_verifies_offline():
+    if not SCHEMA.is_file():
+        pytest.skip(f"schema copy {SCHEMA} not found")
+    verify_metadata(meta_file=str(BUNDLE / "configs" / "metadata.json"), filepath=str(SCHEMA))
+
+
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_config_names_the_shared_keys(config):
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / config))
+    for key in ("bundle_root", "ckpt_dir", "output_dir", "datalist", "device", "network_def", "network", "initialize", "run", "finalize"):
+        assert key in parser, f"{config} lacks `{key}`"
+
+
+@pytest.mark.parametrize("overlay,levels,size", [("configs/task_mammo.json", 8, [448, 576]), ("configs/task_cxr.json", 7, [256, 256])])
+def test_task_overlays_set_the_paper_architecture(overlay, levels, size):
+    for config in ("train.json", "inference.json"):
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE / "configs" / config), str(BUNDLE / overlay)])
+        net = parser.get_parsed_content("network_def")
+        assert isinstance(net, PartialConvUNet) and len(net.encoder) == levels
+        assert parser.get_parsed_content("image_size") == size
+
+
+@pytest.mark.slow
+def test_train_two_phases_resume_evaluate_and_infer(workspace, tmp_path):
+    bundle = _bundle_copy(tmp_path)
+    overrides = _overrides(workspace, bundle)
+    tiny_data = {"train#dataset#data": "$@train#datalist[:2]", "validate#dataset#data": "$@validate#datalist[:2]"}
+    workflow = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "train.json"), workflow_type="train",
+        phase1_epochs=1, phase2_epochs=1, batch_size=2, val_interval=1, **tiny_data, **overrides,
+    )  # fmt: skip
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    network = workflow.parser.get_parsed_content("network")
+    assert network.encoder_bn_frozen, "phase 2 did not freeze the contraction-path BN"
+    assert workflow.parser.get_parsed_content("optimizer").param_groups[0]["lr"] == pytest.approx(2e-4)  # phase-2 rate
+    checkpoint = bundle / "models" / "checkpoint_epoch=2.pt"
+    assert checkpoint.is_file() and (bundle / "models" / "model.pt").is_file()
+    assert list((bundle / "eval").glob("events.out.tfevents.*")), "TensorBoard stats/previews missing"
+
+    # resume: the trainer state continues at epoch 3
+    run(config_file=str(bundle / "configs" / "train.json"), phase1_epochs=1, phase2_epochs=2, batch_size=2,
+        resume_checkpoint=str(checkpoint), **tiny_data, **overrides)  # fmt: skip
+    assert (bundle / "models" / "checkpoint_epoch=3.pt").is_file()
+
+    # Fig. 1c protocol: train.json + evaluate.json
+    run(config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")], n_runs=2, **overrides)
+    results = json.loads((bundle / "eval" / "marginalization.json").read_text())
+    for key in ("auc_none", "auc_healthy_inpaint", "auc_lesion_inpaint"):
+        assert 0.0 <= results[key]["mean"] <= 1.0
+    assert set(results["mean_abs_dp_healthy"]) == set(results["psnr"]) == set(results["ssim"]) == {"inpaint", "blur", "noise", "mean"}
+    assert len(results["auc_healthy_inpaint"]["runs"]) == 2
+    assert (bundle / "eval" / "fig1c_roc.png").stat().st_size > 1000
+
+    # inference: composites of the pathological test images with their lesion as hole
+    run(config_file=str(bundle / "configs" / "inference.json"), **overrides)
+    composites = sorted((bundle / "eval" / "composites").glob("*_composite.png"))
+    assert composites, "no composites written"
+
+    # the attributor's route: load_network on the bundle folder, with the overlay the weights were trained with
+    (bundle / "configs" / "task_tiny.json").write_text(json.dumps(TINY_NET))
+    inpainter = load_network(bundle, overlays=["configs/task_tiny.json"])
+    assert isinstance(inpainter, PartialConvUNet) and not inpainter.training
+    with pytest.raises(ValueError, match="another network"):
+        load_network(bundle)  # the demo architecture does not fit the tiny weights
+
+
+@pytest.mark.slow
+def test_paper_mammography_config_runs_one_iteration(workspace, tmp_path):
+    """8 levels, depths 64…512, 576×448 (task_mammo.json) on phantoms resized to that size; L_PCI without features."""
+    bundle = _bundle_copy(tmp_path)
+    overrides = {k: v for k, v in _overrides(workspace, bundle).items() if k not in (*TINY_NET, "image_size")}
+    run(
+        config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "task_mammo.json")],
+        phase1_epochs=1, phase2_epochs=0, feature_extractor="$None", val_interval=1,
+        **{"train#dataset#data": "$@train#datalist[:1]", "validate#dataset#data": "$@validate#datalist[:1]"}, **overrides,
+    )  # fmt: skip
+    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert state["encoder.7.conv.weight"].shape == (512, 512, 3, 3)
