@@ -29,7 +29,7 @@ def _display(array: np.ndarray) -> np.ndarray:
 
 def save_attribution_grid(examples: Mapping[str, np.ndarray], path: str | Path) -> Path:
     """Paper Fig. 3 layout: one row per image; (a) the image with the GT contour, (b) our soft map with the
-    contour of M̂, (c) Grad-CAM, (d) saliency (each min–max scaled, inferno).
+    contour of M̂, (c) Grad-CAM, (d) saliency (maps in [0, 1], inferno, opacity growing with the value).
 
     Args:
         examples: ``image``, ``lesion``, ``ours``, ``mask``, ``gradcam``, ``saliency``, each (N, 1, X, Y)
@@ -53,7 +53,8 @@ def save_attribution_grid(examples: Mapping[str, np.ndarray], path: str | Path) 
         axes[i, 0].contour(_display(examples["lesion"][i]), levels=[0.5], colors="lime", linewidths=0.8)
         for j, (key, _) in enumerate(COLUMNS, start=1):
             axes[i, j].imshow(image, cmap="gray", vmin=0, vmax=1)
-            axes[i, j].imshow(_display(examples[key][i]), cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+            heat = np.clip(_display(examples[key][i]), 0, 1)
+            axes[i, j].imshow(heat, cmap="inferno", alpha=0.8 * heat, vmin=0, vmax=1)  # 0 = transparent
         if examples["mask"][i].any():
             axes[i, 1].contour(_display(examples["mask"][i]), levels=[0.5], colors="cyan", linewidths=0.8)
     for j, title in enumerate(("(a) image, GT", *(t for _, t in COLUMNS))):
