@@ -74,7 +74,7 @@ def save_png(array: np.ndarray, path: Path) -> None:
     """Save an (H, W) uint8 array as an 8-bit grey PNG (deterministic bytes: no metadata)."""
     if array.dtype != np.uint8 or array.ndim != 2:
         raise ValueError(f"save_png expects an (H, W) uint8 array for {path}, got {array.dtype} {array.shape}.")
-    Image.fromarray(array, mode="L").save(path, format="PNG")
+    Image.fromarray(array, mode="L").save(path, format="PNG", compress_level=1)  # fast; bytes still deterministic
 
 
 @contextlib.contextmanager

@@ -62,11 +62,16 @@ def power_law_noise(size: int, beta: float, rng: np.random.Generator) -> np.ndar
     return field
 
 
-def _harmonic_radius(angle: np.ndarray, rng: np.random.Generator, amplitude: float, orders=range(2, 6)) -> np.ndarray:
-    """``1 + Σ_k a_k cos(k·angle + φ_k)``: a smooth random perturbation of a circle's radius."""
+def _harmonic_terms(rng: np.random.Generator, amplitude: float, orders=range(2, 6)) -> list[tuple[int, float, float]]:
+    """Random ``(k, a_k, φ_k)`` of a smooth perturbation ``1 + Σ_k a_k cos(k·angle + φ_k)`` of a circle."""
+    return [(order, rng.uniform(0.0, amplitude) / order, rng.uniform(0.0, 2.0 * np.pi)) for order in orders]
+
+
+def _harmonic_radius(angle: np.ndarray, terms: list[tuple[int, float, float]]) -> np.ndarray:
+    """``1 + Σ_k a_k cos(k·angle + φ_k)`` for the ``terms`` of :func:`_harmonic_terms`."""
     factor = np.ones_like(angle)
-    for order in orders:
-        factor += rng.uniform(0.0, amplitude) / order * np.cos(order * angle + rng.uniform(0.0, 2.0 * np.pi))
+    for order, coefficient, phase in terms:
+        factor += coefficient * np.cos(order * angle + phase)
     return factor
 
 
@@ -86,7 +91,7 @@ def mammo_anatomy(size: int, rng: np.random.Generator, texture: float) -> tuple[
     x, y = _grid(size)
     depth, half_height, centre = rng.uniform(0.55, 0.85), rng.uniform(0.38, 0.47), rng.uniform(0.45, 0.55)
     u, v = x / depth, (y - centre) / half_height
-    rho = np.sqrt(u * u + v * v) / _harmonic_radius(np.arctan2(v, u), rng, amplitude=0.12)
+    rho = np.sqrt(u * u + v * v) / _harmonic_radius(np.arctan2(v, u), _harmonic_terms(rng, amplitude=0.12))
     breast = rho < 1.0
     thickness = np.sqrt(np.clip(1.0 - rho * rho, 0.0, 1.0))
     root_thickness = np.sqrt(thickness)
@@ -131,15 +136,26 @@ def mammo_mass(size: int, rng: np.random.Generator, organ: np.ndarray, radius: f
     if candidates.size == 0:
         candidates = np.flatnonzero(inside >= inside.max())
     row, col = np.unravel_index(rng.choice(candidates), organ.shape)
-    dx, dy = x - x[row, col], y - y[row, col]
-    angle = np.arctan2(dy, dx)
-    outline = radius * _harmonic_radius(angle, rng, amplitude=0.5, orders=range(2, 7))
+    terms = _harmonic_terms(rng, amplitude=0.5, orders=range(2, 7))
+    spikes = []
     if spiculated:  # thin spicules: exp(P·(cos Δ − 1)) ≈ cos^P Δ, a narrow peak around each direction
         for direction in rng.uniform(0.0, 2.0 * np.pi, size=rng.integers(5, 11)):
-            spike = np.exp(rng.uniform(150.0, 400.0) * (np.cos(angle - direction) - 1.0))
-            outline = outline + radius * rng.uniform(0.6, 1.3) * spike
-    profile = np.sqrt(np.clip(1.0 - (dx * dx + dy * dy) / (outline * outline), 0.0, 1.0))
-    return (profile * organ).astype(np.float32)
+            spikes.append((direction, rng.uniform(150.0, 400.0), rng.uniform(0.6, 1.3)))
+
+    def outline(angle: np.ndarray) -> np.ndarray:
+        extent = radius * _harmonic_radius(angle, terms)
+        for direction, sharpness, length in spikes:
+            extent = extent + radius * length * np.exp(sharpness * (np.cos(angle - direction) - 1.0))
+        return extent
+
+    # the mass fits in a window of the outline's largest extent (found on a fine angle grid): compute only there
+    reach = float(outline(np.linspace(-np.pi, np.pi, 4096, dtype=np.float32)).max()) * 1.05 * size + 2
+    window = tuple(slice(max(0, c - int(reach)), c + int(reach) + 1) for c in (row, col))
+    dx, dy = x[window] - x[row, col], y[window] - y[row, col]
+    extent = outline(np.arctan2(dy, dx))
+    profile = np.zeros(organ.shape, dtype=np.float32)
+    profile[window] = np.sqrt(np.clip(1.0 - (dx * dx + dy * dy) / (extent * extent), 0.0, 1.0))
+    return profile * organ
 
 
 def chest_anatomy(size: int, rng: np.random.Generator, texture: float) -> tuple[np.ndarray, np.ndarray]:
