@@ -82,7 +82,7 @@ class Difficulty:
 _DEFAULTS = {
     # calibrated so that the classifier bundle's demo config lands between test ROC-AUC 0.80 and 0.97
     # (measurements and commands: docs/phantoms.md)
-    "mammo": Difficulty(contrast=(0.22, 0.38), radius=(0.04, 0.12), texture=0.06),
+    "mammo": Difficulty(contrast=(0.25, 0.40), radius=(0.04, 0.12), texture=0.06),
     "chest": Difficulty(contrast=(0.2, 0.35), radius=(0.05, 0.10), texture=0.04),
 }
 
@@ -240,11 +240,11 @@ def ensure_phantom_dataset(datalist, kind: str = "mammo", n: int = 600, size: in
     wanted = json.loads(json.dumps(_parameters(kind, n, size, seed, (0.6, 0.2, 0.2),
                                                default_difficulty(kind, **difficulty))))
     recorded_file = datalist.parent / "phantoms.json"
-    recorded = json.loads(recorded_file.read_text()) if recorded_file.is_file() else None
-    if recorded is not None and {k: recorded.get(k) for k in wanted if k != "splits"} != {
-        k: v for k, v in wanted.items() if k != "splits"
-    }:
-        raise ValueError(f"{recorded_file} records other generation parameters than requested ({wanted}); delete "
+    recorded = json.loads(recorded_file.read_text()) if recorded_file.is_file() else {}
+    differing = {k: {"recorded": recorded.get(k), "requested": v} for k, v in wanted.items()
+                 if k != "splits" and recorded and recorded.get(k) != v}
+    if differing:
+        raise ValueError(f"{recorded_file} records other generation parameters than requested: {differing}; delete "
                          f"{datalist.parent} to regenerate it, or request the recorded parameters.")
     return datalist
 
