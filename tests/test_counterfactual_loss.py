@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from cfattr_monai.transforms.marginalize import Marginalizer
 from cfattr_monai.losses.attribution import (
     CounterfactualLoss,
     area_penalty,
@@ -18,6 +19,7 @@ from cfattr_monai.losses.attribution import (
     phi,
     psi,
     weighted_total_variation,
+    what_if_fill,
 )
 
 
@@ -52,7 +54,7 @@ def test_phi_psi_finite_for_extreme_logits():
 def test_loss_falls_as_counterfactual_probability_falls():
     torch.manual_seed(0)
     image = torch.full((1, 1, 32, 32), 0.6)  # p(c|I) = σ(4) ≈ 0.98: flagged
-    loss = CounterfactualLoss(MeanIntensityClassifier(), darken, delta=1.0, tv_weight=0.0, area_weight=0.0)
+    loss = CounterfactualLoss(MeanIntensityClassifier(), darken, what_if_block=None, delta=1.0, tv_weight=0.0, area_weight=0.0)
     values, probabilities = [], []
     for size in (0, 4, 8, 12):  # larger darkened square → lower p(c|π(M))
         mask = torch.zeros(1, 1, 32, 32)
@@ -66,7 +68,7 @@ def test_loss_falls_as_counterfactual_probability_falls():
 def test_gradient_lowers_counterfactual_probability():
     image = torch.full((1, 1, 16, 16), 0.6)
     mask = torch.full((1, 1, 16, 16), 0.1, requires_grad=True)
-    loss = CounterfactualLoss(MeanIntensityClassifier(), darken, delta=1.0, tv_weight=0.0, area_weight=0.0)
+    loss = CounterfactualLoss(MeanIntensityClassifier(), darken, what_if_block=None, delta=1.0, tv_weight=0.0, area_weight=0.0)
     loss(mask, image).backward()
     assert bool((mask.grad < 0).all()), "descending the loss must grow the darkened (marginalized) region"
 
@@ -81,7 +83,7 @@ def test_area_penalty_zero_below_delta_growing_above(area_value, delta, expected
 
 def test_unflagged_images_only_pay_for_area():
     image = torch.full((1, 1, 16, 16), 0.4)  # p(c|I) = σ(−4): not flagged, δ = 0 for it
-    loss = CounterfactualLoss(MeanIntensityClassifier(), darken, delta=0.5, tv_weight=0.0, area_weight=1.0)
+    loss = CounterfactualLoss(MeanIntensityClassifier(), darken, what_if_block=None, delta=0.5, tv_weight=0.0, area_weight=1.0)
     terms = loss.terms(torch.zeros(1, 1, 16, 16), image)
     assert float(terms["flagged"]) == 0.0 and float(terms["delta"]) == 0.0
     assert float(loss(torch.zeros(1, 1, 16, 16), image)) == 0.0
@@ -94,7 +96,7 @@ def test_delta_of_organ_uses_the_organ_area():
     organ[..., :8, :] = 1.0  # half the image
     mask = torch.zeros(1, 1, 16, 16)
     mask[..., :4, :] = 1.0  # a quarter of the image = half the organ
-    loss = CounterfactualLoss(MeanIntensityClassifier(), darken, delta=0.4, delta_of="organ")
+    loss = CounterfactualLoss(MeanIntensityClassifier(), darken, what_if_block=None, delta=0.4, delta_of="organ")
     assert float(loss.terms(mask, torch.cat([image, organ], dim=1))["area"]) == pytest.approx(0.5)
 
 
@@ -148,4 +150,41 @@ def test_mean_lesion_fraction(tmp_path):
 )
 def test_bad_arguments(kwargs, mask_shape, target_shape):
     with pytest.raises(ValueError):
-        CounterfactualLoss(MeanIntensityClassifier(), darken, **kwargs)(torch.rand(mask_shape), torch.rand(target_shape))
+        CounterfactualLoss(MeanIntensityClassifier(), darken, what_if_block=None, **kwargs)(torch.rand(mask_shape), torch.rand(target_shape))
+
+
+class DarkMarginalizer(Marginalizer):
+    """Fill = 0 (black) in the hole."""
+
+    def fill(self, image, hole):
+        return image * (1 - hole)
+
+
+def test_what_if_fill_gives_gradient_outside_the_hard_hole():
+    image = torch.full((1, 1, 16, 16), 0.6)
+    mask = torch.zeros(1, 1, 16, 16, requires_grad=True)  # empty map: no hard hole anywhere
+    plain = CounterfactualLoss(
+        MeanIntensityClassifier(), DarkMarginalizer(), delta=1.0, what_if_block=None, tv_weight=0.0, area_weight=0.0
+    )
+    what_if = CounterfactualLoss(MeanIntensityClassifier(), DarkMarginalizer(), delta=1.0, tv_weight=0.0, area_weight=0.0)
+    plain(mask, image).backward()
+    assert float(mask.grad.abs().sum()) == pytest.approx(0.0, abs=1e-6)
+    mask.grad = None
+    what_if(mask, image).backward()
+    assert bool((mask.grad < 0).all())
+
+
+def test_what_if_fill_keeps_the_true_fill_inside_the_hole():
+    image = torch.rand(1, 1, 16, 16)
+    hole = torch.zeros(1, 1, 16, 16)
+    hole[..., 2:6, 2:6] = 1.0
+    calls = []
+    fill = lambda i, h: calls.append(h.clone()) or torch.full_like(i, float(len(calls)))  # noqa: E731
+    out = what_if_fill(fill, image, hole, block=4)
+    assert len(calls) == 3 and bool((out[hole > 0] == 3.0).all())
+    assert set(out[hole == 0].unique().tolist()) <= {1.0, 2.0}
+
+
+def test_what_if_needs_a_marginalizer():
+    with pytest.raises(TypeError):
+        CounterfactualLoss(MeanIntensityClassifier(), darken, delta=0.1)

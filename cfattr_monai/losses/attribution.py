@@ -15,6 +15,12 @@ with the marginalized image π(M) (healthy tissue inpainted under M) and the fro
 Log-odds are plain logit differences (:func:`~cfattr_monai.networks.classifier_output.pathology_logit`) and
 −log(1 − p) = softplus(logit), so no term is ever Inf or NaN.
 
+Where the gradient comes from: π(M) = (1 − M)⊙I + M⊙F blends the fill F in, and d π / d M = F − I. A
+marginalizer fills only its hard hole (M > 0.55), so F = I elsewhere and a pixel outside the current binary map gets
+no gradient: an empty initial map would never grow. In training F is therefore completed by a *what-if fill*
+(:func:`what_if_fill`): outside the hole, the fill the marginalizer puts at a pixel when the pixel is a hole,
+inpainted block-wise from two complementary checkerboard holes. The true counterfactual (inside M > 0.55) is unchanged.
+
 Which images: the loss only makes sense for images the classifier flags (p(c|I) ≥ θ). φ and ψ are therefore
 applied to flagged images only; every image gets the area terms, with δ for flagged images and 0 for the others, so
 the maps of images the classifier calls healthy are driven empty (the argmin d(M) of the paper's definition of M̂).
@@ -40,6 +46,7 @@ __all__ = [
     "generalized_logistic",
     "area",
     "area_penalty",
+    "what_if_fill",
     "mean_lesion_fraction",
     "CounterfactualLoss",
 ]
@@ -90,6 +97,31 @@ def generalized_logistic(
         nu: ν > 0, asymmetry.
     """
     return lower + (upper - lower) * torch.exp(-F.softplus(-growth * (t - shift)) / nu)
+
+
+def what_if_fill(
+    fill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], image: torch.Tensor, hole: torch.Tensor, block: int
+) -> torch.Tensor:
+    """F = hole ⊙ fill(I, hole) + (1 − hole) ⊙ F_w, the what-if fill F_w from two checkerboard holes of ``block`` px.
+
+    ``F_w = A ⊙ fill(I, A) + (1 − A) ⊙ fill(I, 1 − A)`` with ``A`` the checkerboard of ``block``-sized squares: every
+    pixel is filled once from the context of its neighbouring squares. No gradient flows through ``fill``.
+
+    Args:
+        fill: ``fill(image, hole) -> image`` (e.g. ``InpaintMarginalizer.fill``), 1 = hole.
+        image: ``(B, C, H, W)``.
+        hole: ``(B, 1, H, W)`` binary hard hole of the map.
+        block: checkerboard square side in pixels.
+    """
+    height, width = image.shape[-2:]
+    rows = torch.arange(height, device=image.device)[:, None] // block
+    cols = torch.arange(width, device=image.device)[None, :] // block
+    board = ((rows + cols) % 2).to(image.dtype).expand(image.shape[0], 1, height, width)
+    with torch.no_grad():
+        what_if = board * fill(image, board) + (1 - board) * fill(image, 1 - board)
+        if bool(hole.any()):
+            return hole * fill(image, hole) + (1 - hole) * what_if
+        return what_if
 
 
 def area(mask: torch.Tensor) -> torch.Tensor:
@@ -149,10 +181,13 @@ class CounterfactualLoss(nn.Module):
         area_penalty_weight: μ, weight of the Kervadec penalty for d(M) ≤ δ.
         area_weight: α, weight of d(M) itself (the argmin d(M) of the definition of M̂).
         phi_logistic, psi_logistic, tv_logistic: keyword arguments of :func:`generalized_logistic` per term.
+        what_if_block: checkerboard square of :func:`what_if_fill` as a fraction of the shorter image side; needs a
+            marginalizer with ``fill(image, hole)`` and ``threshold`` (``Marginalizer``). None: π is called as is
+            (gradient only inside its hard hole).
 
     Example:
         >>> clf = nn.Sequential(nn.Flatten(), nn.LazyLinear(1))
-        >>> loss = CounterfactualLoss(clf, lambda i, m: (1 - m) * i, delta=0.1)
+        >>> loss = CounterfactualLoss(clf, lambda i, m: (1 - m) * i, delta=0.1, what_if_block=None)
         >>> value = loss(torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16))
         >>> value.ndim
         0
@@ -171,6 +206,7 @@ class CounterfactualLoss(nn.Module):
         phi_logistic: dict | None = None,
         psi_logistic: dict | None = None,
         tv_logistic: dict | None = None,
+        what_if_block: float | None = 0.125,
     ) -> None:
         super().__init__()
         if not 0.0 < delta <= 1.0:
@@ -179,13 +215,26 @@ class CounterfactualLoss(nn.Module):
             raise ValueError(f"CounterfactualLoss: delta_of must be 'image' or 'organ', got {delta_of!r}.")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"CounterfactualLoss: threshold θ must be in (0, 1), got {threshold}.")
-        self.classifier, self.marginalizer = classifier, marginalizer
+        if what_if_block is not None and not (hasattr(marginalizer, "fill") and hasattr(marginalizer, "threshold")):
+            raise TypeError(
+                f"CounterfactualLoss: what_if_block needs a Marginalizer with fill() and threshold, got "
+                f"{type(marginalizer).__name__}; pass what_if_block=None for a plain callable π."
+            )
+        self.classifier, self.marginalizer, self.what_if_block = classifier, marginalizer, what_if_block
         self.delta, self.delta_of, self.threshold = delta, delta_of, threshold
         self.tv_weight, self.area_penalty_weight, self.area_weight = tv_weight, area_penalty_weight, area_weight
         # defaults: φ steepest at φ(θ) = −log(1 − θ), ψ at 0 (no change yet), R at 0 (growth 10: R is a small mean)
         self.phi_logistic = {"shift": -math.log(1.0 - threshold), **(phi_logistic or {})}
         self.psi_logistic = {"shift": 0.0, **(psi_logistic or {})}
         self.tv_logistic = {"growth": 10.0, **(tv_logistic or {})}
+
+    def counterfactual(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """π(M) for training: ``(1 − M)⊙I + M⊙F`` with the what-if fill (or the marginalizer's own π)."""
+        if self.what_if_block is None:
+            return self.marginalizer(image, mask)
+        block = max(1, round(self.what_if_block * min(image.shape[-2:])))
+        hole = (mask > self.marginalizer.threshold).to(image.dtype).detach()
+        return (1 - mask) * image + mask * what_if_fill(self.marginalizer.fill, image, hole, block)
 
     def terms(self, mask: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-image terms: ``phi``, ``psi``, ``tv``, ``area``, ``delta``, ``flagged``, ``p``, ``p_counterfactual``."""
@@ -202,7 +251,7 @@ class CounterfactualLoss(nn.Module):
         image = target[:, :1]
         with torch.no_grad():
             image_logit = pathology_logit(self.classifier(image))
-        counterfactual_logit = pathology_logit(self.classifier(self.marginalizer(image, mask)))
+        counterfactual_logit = pathology_logit(self.classifier(self.counterfactual(image, mask)))
         relative_area = area(mask)
         if self.delta_of == "organ":
             relative_area = relative_area / area(target[:, 1:]).clamp_min(1e-6)

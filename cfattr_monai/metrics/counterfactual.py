@@ -1,0 +1,144 @@
+"""Acceptance figures of a trained attributor on a labelled split (issue 5; numbers in bundles/attributor/docs).
+
+For the lesion images the classifier flags (p(c|I) ≥ θ):
+
+* ``flipped``: fraction with p(c|π(M̂)) ≤ θ (higher is better, target ≥ 0.8);
+* ``lesion_hit``: fraction whose binary map M̂ overlaps the lesion mask (higher is better, target ≥ 0.7);
+* ``mean_area``: mean d(M̂) as a fraction of the image, to compare with δ (target ≤ δ).
+
+For all images: the mean map area of healthy (label 0) vs lesion (label 1) images, and their ratio (lower is better,
+target < 1/3). Lesion masks are used here only, never in training.
+
+Command line (prints JSON)::
+
+    python -m cfattr_monai.metrics.counterfactual bundles/attributor --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from monai.data import load_decathlon_datalist
+from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Resize, ScaleIntensity
+
+from cfattr_monai.metrics.sanity import randomization_check
+
+__all__ = ["acceptance_summary"]
+
+
+def _load_split(datalist: str | Path, split: str, image_size: Sequence[int]) -> dict[str, torch.Tensor]:
+    items = load_decathlon_datalist(str(datalist), data_list_key=split, base_dir=os.path.dirname(str(datalist)))
+    read = Compose([LoadImage(image_only=True), EnsureChannelFirst()])
+    image_t = Compose([ScaleIntensity(0.0, 1.0), Resize(image_size, mode="area")])
+    mask_t = Resize(image_size, mode="nearest")
+
+    def mask(item: dict, key: str) -> torch.Tensor:
+        if not item.get(key):
+            return torch.zeros(1, *image_size)
+        return (mask_t(read(item[key])) > 0).float().as_tensor()
+
+    return {
+        "image": torch.stack([image_t(read(i["image"])).float().as_tensor() for i in items]),
+        "lesion": torch.stack([mask(i, "lesion") for i in items]),
+        "organ": torch.stack([mask(i, "organ") for i in items]),
+        "label": torch.tensor([int(i["label"]) for i in items]),
+    }
+
+
+@torch.no_grad()
+def acceptance_summary(
+    explainer: torch.nn.Module,
+    datalist: str | Path,
+    split: str = "test",
+    image_size: Sequence[int] = (128, 128),
+    delta: float | None = None,
+    threshold: float = 0.5,
+    batch_size: int = 16,
+    randomization_images: int = 16,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Acceptance figures (module doc) of ``explainer`` on ``split`` of ``datalist``.
+
+    Args:
+        explainer: a :class:`~cfattr_monai.explain.counterfactual.CounterfactualExplainer`.
+        datalist: datalist JSON with ``image``, ``label``, ``lesion`` and ``organ`` entries.
+        split: datalist key.
+        image_size: network input size (MONAI axis order).
+        delta: δ to report against (fraction of the image); None leaves it out.
+        threshold: θ, the classification threshold.
+        batch_size: images per forward pass.
+        randomization_images: flagged lesion images used by the randomization sanity check (0: skip it).
+        device: where the explainer runs.
+    """
+    data = _load_split(datalist, split, image_size)
+    explainer = explainer.to(device).eval()
+    outputs = [explainer(batch.to(device)) for batch in data["image"].split(batch_size)]
+    out = {k: torch.cat([o[k].float().cpu() for o in outputs]) for k in ("mask", "p", "p_counterfactual")}
+    area = out["mask"].flatten(1).mean(dim=1)
+    hit = (out["mask"] * data["lesion"]).flatten(1).sum(dim=1) > 0
+    organ_ratio = out["mask"].flatten(1).sum(dim=1) / data["organ"].flatten(1).sum(dim=1).clamp_min(1.0)
+    lesion, healthy = data["label"] == 1, data["label"] == 0
+    flagged = lesion & (out["p"] >= threshold)
+
+    def mean(values: torch.Tensor, where: torch.Tensor) -> float | None:
+        return float(values[where].float().mean()) if bool(where.any()) else None
+
+    summary = {
+        "split": split,
+        "images": int(len(area)),
+        "lesion_images": int(lesion.sum()),
+        "flagged_lesion_images": int(flagged.sum()),
+        "flipped": mean(out["p_counterfactual"] <= threshold, flagged),
+        "lesion_hit": mean(hit, flagged),
+        "mean_area_flagged": mean(area, flagged),
+        "mean_organ_ratio_flagged": mean(organ_ratio, flagged),
+        "delta": delta,
+        "mean_area_lesion_images": mean(area, lesion),
+        "mean_area_healthy_images": mean(area, healthy),
+        "flagged_healthy_images": int((healthy & (out["p"] >= threshold)).sum()),
+    }
+    if summary["mean_area_lesion_images"]:
+        summary["healthy_to_lesion_area"] = summary["mean_area_healthy_images"] / summary["mean_area_lesion_images"]
+    if randomization_images and bool(flagged.any()):
+        images = data["image"][flagged][:randomization_images].to(device)
+        check = randomization_check(explainer.attributor, images)
+        summary["randomization_spearman"] = {k: check[k]["spearman"] for k in ("attributor", "classifier")}
+        summary["randomization_ssim"] = {k: check[k]["ssim"] for k in ("attributor", "classifier")}
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from monai.bundle import ConfigParser
+
+    from cfattr_monai.explain.counterfactual import load_explainer
+
+    parser = argparse.ArgumentParser(description="Acceptance figures of a trained attributor bundle (JSON).")
+    parser.add_argument("bundle", type=Path, help="attributor bundle folder")
+    parser.add_argument("--overlays", nargs="*", default=[], help="config overlays, relative to the bundle")
+    parser.add_argument("--checkpoint", default="models/model.pt", help="attributor weights, relative to the bundle")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    config = ConfigParser()
+    config.read_config([str(args.bundle / "configs" / "train.json"), *(str(args.bundle / o) for o in args.overlays)])
+    config["bundle_root"] = str(args.bundle)
+    explainer = load_explainer(args.bundle, args.overlays, checkpoint=args.checkpoint, device=args.device)
+    summary = acceptance_summary(
+        explainer,
+        config.get_parsed_content("datalist"),
+        args.split,
+        config.get_parsed_content("image_size"),
+        delta=float(config.get_parsed_content("delta")),
+        threshold=float(config.get_parsed_content("classification_threshold")),
+        device=args.device,
+    )
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

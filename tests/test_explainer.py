@@ -1,0 +1,118 @@
+"""CounterfactualExplainer: one attributor pass, output contract, fingerprint files, acceptance summary, flip rate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from cfattr_monai.data.phantoms import write_phantom_dataset
+from cfattr_monai.explain.counterfactual import (
+    FINGERPRINT_FILE,
+    CounterfactualExplainer,
+    check_classifier_fingerprint,
+    write_classifier_fingerprint,
+)
+from cfattr_monai.handlers.flip_rate import CounterfactualFlipRate
+from cfattr_monai.metrics.counterfactual import acceptance_summary
+from cfattr_monai.networks.attribution import AttentionGatedUNet
+from cfattr_monai.networks.mobilenet import MobileNetV1
+from cfattr_monai.transforms.marginalize import get_marginalizer
+
+
+class CountingAttributor(nn.Module):
+    """Marks the left half of the image; counts its forward passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, images):
+        self.calls += 1
+        soft = torch.zeros_like(images[:, :1])
+        soft[..., : images.shape[-1] // 2] = 0.9
+        return soft
+
+
+class LeftBrightness(nn.Module):
+    """Logit grows with the brightness of the left half: darkening it makes the image 'healthy'."""
+
+    def forward(self, images):
+        return 20 * (images[..., : images.shape[-1] // 2].flatten(1).mean(dim=1, keepdim=True) - 0.25)
+
+
+def _explainer() -> tuple[CounterfactualExplainer, CountingAttributor]:
+    attributor = CountingAttributor()
+    darken = lambda image, mask: (1 - mask) * image  # noqa: E731
+    return CounterfactualExplainer(attributor, LeftBrightness(), darken), attributor
+
+
+def test_attribute_is_one_forward_pass_with_thresholded_mask():
+    explainer, attributor = _explainer()
+    soft, binary = explainer.attribute(torch.rand(3, 1, 16, 16))
+    assert attributor.calls == 1
+    assert torch.equal(binary, (soft > 0.55).float())
+
+
+def test_forward_contract():
+    explainer, attributor = _explainer()
+    images = torch.full((2, 1, 16, 16), 0.8)
+    out = explainer(images)
+    assert attributor.calls == 1
+    assert set(out) == {"map", "mask", "counterfactual", "p", "p_counterfactual"}
+    assert out["counterfactual"].shape == images.shape and out["p"].shape == (2,)
+    assert bool((out["p"] > 0.5).all()) and bool((out["p_counterfactual"] < 0.5).all())
+
+
+def test_with_attention_gated_unet_and_mean_marginalizer():
+    classifier = MobileNetV1(width_mult=0.25).eval()
+    explainer = CounterfactualExplainer(AttentionGatedUNet(classifier), classifier, get_marginalizer("mean"))
+    with torch.no_grad():
+        out = explainer(torch.rand(2, 1, 64, 64))
+    assert out["map"].shape == (2, 1, 64, 64) and 0 <= float(out["map"].min()) <= float(out["map"].max()) <= 1
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, -0.5])
+def test_bad_threshold(threshold):
+    with pytest.raises(ValueError):
+        CounterfactualExplainer(CountingAttributor(), LeftBrightness(), lambda i, m: i, threshold=threshold)
+
+
+def test_fingerprint_round_trip_and_mismatch(tmp_path):
+    classifier = MobileNetV1(width_mult=0.25)
+    path = write_classifier_fingerprint(classifier, tmp_path)
+    assert path.name == FINGERPRINT_FILE and "sha256" in json.loads(path.read_text())
+    check_classifier_fingerprint(classifier, tmp_path)
+    with pytest.raises(ValueError, match="differ"):
+        check_classifier_fingerprint(MobileNetV1(width_mult=0.25), tmp_path)
+    with pytest.raises(FileNotFoundError):
+        check_classifier_fingerprint(classifier, tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    "p, p_counterfactual, area_fraction, expected",
+    [
+        ([0.9, 0.8], [0.2, 0.3], 0.05, 1.0),  # both flipped, small maps
+        ([0.9, 0.8], [0.2, 0.7], 0.05, 0.5),  # one not flipped
+        ([0.9, 0.8], [0.2, 0.3], 0.5, 0.0),  # maps too large
+        ([0.1, 0.2], [0.0, 0.0], 0.05, 0.0),  # nothing flagged
+    ],
+)
+def test_flip_rate(p, p_counterfactual, area_fraction, expected):
+    mask = torch.zeros(2, 1, 10, 10)
+    mask.view(2, -1)[:, : int(area_fraction * 100)] = 1.0
+    metric = CounterfactualFlipRate(delta=0.1)
+    metric.update((mask, torch.tensor(p), torch.tensor(p_counterfactual)))
+    assert metric.compute() == pytest.approx(expected)
+
+
+def test_acceptance_summary_on_tiny_phantoms(tmp_path):
+    datalist = write_phantom_dataset(tmp_path / "phantoms", kind="mammo", n=10, size=32, seed=0)
+    explainer, _ = _explainer()
+    summary = acceptance_summary(explainer, datalist, "test", (32, 32), delta=0.6, randomization_images=0)
+    assert summary["images"] == 2 and summary["lesion_images"] == 1
+    assert summary["mean_area_healthy_images"] == pytest.approx(0.5)
+    for key in ("flipped", "lesion_hit", "mean_area_flagged"):
+        assert key in summary
