@@ -9,6 +9,8 @@ halves the iterations per epoch, logging handlers run on rank 0 only, and metric
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
 import re
 import socket
@@ -17,6 +19,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from cfattr_monai.data.phantoms import write_phantom_dataset
+from cfattr_monai.networks.inpainter import PartialConvUNet
+from cfattr_monai.networks.mobilenet import MobileNetV1
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -93,3 +100,69 @@ def test_classifier_multi_gpu_evaluate_matches_single_process(classifier_ddp_run
     single = _read_metric(work / "eval_single" / "metrics.csv", "val_auc")
     sharded = _read_metric(work / "eval_ddp" / "metrics.csv", "val_auc")
     assert sharded == pytest.approx(single, abs=1e-6), "ROC-AUC gathered over two shards differs from one process"
+
+
+STAND_IN_SIZE = 32
+STAND_IN_PHANTOMS = {"kind": "mammo", "n": 30, "size": STAND_IN_SIZE, "seed": 0}  # ≥ 2 healthy validation images
+TINY_INPAINTER = {"num_levels": 3, "channels": [4, 8, 8], "kernel_sizes": [7, 5, 3]}
+STAND_INS = {
+    "classifier": ({"_target_": "cfattr_monai.networks.mobilenet.MobileNetV1", "width_mult": 0.25}, MobileNetV1),
+    "inpainter": ({"_target_": "cfattr_monai.networks.inpainter.PartialConvUNet", **TINY_INPAINTER}, PartialConvUNet),
+}
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory) -> dict[str, Path]:
+    """Untrained classifier and inpainter bundles (configs/inference.json + models/model.pt) and tiny phantoms."""
+    root = tmp_path_factory.mktemp("stand_ins")
+    torch.manual_seed(0)
+    folders = {"datalist": write_phantom_dataset(root / "phantoms", **STAND_IN_PHANTOMS)}
+    for name, (network_def, cls) in STAND_INS.items():
+        folder = folders[name] = root / name
+        (folder / "configs").mkdir(parents=True)
+        (folder / "models").mkdir()
+        (folder / "configs" / "inference.json").write_text(json.dumps({"network_def": network_def}))
+        kwargs = {k: v for k, v in network_def.items() if k != "_target_"}
+        torch.save(cls(**kwargs).state_dict(), folder / "models" / "model.pt")
+    return folders
+
+
+def _iterations_per_rank(n_items: int, batch_size: int, world_size: int = 2) -> int:
+    """Iterations of one epoch on one rank under DistributedSampler(even_divisible=True)."""
+    return math.ceil(math.ceil(n_items / world_size) / batch_size)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "bundle, overrides, n_items",
+    [
+        (
+            "inpainter",
+            {"phase1_epochs": 1, "phase2_epochs": 0, "val_interval": 1, **TINY_INPAINTER},
+            lambda items: sum(d["label"] == 0 for d in items),  # trains on healthy images only
+        ),
+        ("attributor", {"num_epochs": 1, "delta": 0.2, "log_dir": "{work}/runs"}, len),
+    ],
+)
+def test_multi_gpu_train_on_cpu_with_stand_in_networks(stand_ins, tmp_path, bundle, overrides, n_items):
+    batch_size = 2
+    settings = {
+        "datalist": str(stand_ins["datalist"]),
+        "phantoms": STAND_IN_PHANTOMS,
+        "image_size": [STAND_IN_SIZE, STAND_IN_SIZE],
+        "classifier_bundle": str(stand_ins["classifier"]),
+        "inpainter_bundle": str(stand_ins["inpainter"]),
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "eval"),
+        "batch_size": batch_size,
+        **{k: v.format(work=tmp_path) if isinstance(v, str) else v for k, v in overrides.items()},
+    }
+    args = [a for key, value in settings.items() for a in (f"--{key}", repr(value) if not isinstance(value, str) else value)]
+    log = run_bundle(bundle, ["configs/train.json", "configs/multi_gpu_train.json"], args, nproc=2)
+    assert (tmp_path / "models" / "model.pt").is_file(), f"no best-metric weights in {tmp_path / 'models'}"
+    training = json.loads(stand_ins["datalist"].read_text())["training"]
+    expected = _iterations_per_rank(n_items(training), batch_size)
+    iterations = re.findall(r"Epoch: 1/\d+, Iter: (\d+)/(\d+)", log)
+    assert iterations == [(str(i), str(expected)) for i in range(1, expected + 1)], (
+        f"expected iterations 1..{expected} of {expected} per rank, each logged once (rank 0): {iterations}"
+    )
