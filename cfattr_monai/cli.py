@@ -5,8 +5,11 @@ Adding a command means writing ``_register_<name>(subparsers)`` that adds its pa
 ``argparse.Namespace`` and returns an exit code (``None`` counts as 0). User errors (``ValueError``,
 ``FileNotFoundError``) end the program with one line on stderr and exit code 2, without a traceback.
 
-Example:
-    >>> main(["--help"])  # doctest: +SKIP
+Example (shell)::
+
+    cfattr --help
+    cfattr phantoms --kind mammo --n 600 --size 128 --seed 0 --out data/phantoms/mammo_128
+    cfattr prepare mini-mias --src ../shared/data/mini_mias --out data/mini_mias --size 576 576
 """
 
 from __future__ import annotations
