@@ -120,3 +120,21 @@ def test_train_then_inference_end_to_end(workspace, tmp_path):
     (bundle / "configs" / "inference.json").write_text(json.dumps({**config, "classifier_bundle": str(other)}))
     with pytest.raises(ValueError, match="differ"):
         load_explainer(bundle)
+
+
+@pytest.mark.slow
+def test_mammography_task_runs_one_iteration_at_576x448(workspace, tmp_path):
+    """The paper's mammography overlay (576×448, SGD 1e-6..1e-4) trains for one iteration (stand-in networks)."""
+    bundle = tmp_path / "attributor"
+    (bundle / "configs").mkdir(parents=True)
+    for name in ("train.json", "task_mammo.json", "logging.conf"):
+        (bundle / "configs" / name).write_text((BUNDLE / "configs" / name).read_text())
+    overrides = {**_overrides(workspace, bundle), "classifier_overlays": [], "inpainter_overlays": []}
+    overrides.pop("image_size")  # keep the overlay's 576×448
+    configs = [str(bundle / "configs" / "train.json"), str(bundle / "configs" / "task_mammo.json")]
+    run(config_file=configs, num_epochs=1, batch_size=1, delta=0.2, **{"train#trainer#epoch_length": 1}, **overrides)
+    assert (bundle / "models" / "model.pt").is_file()
+    parser = ConfigParser()
+    parser.read_config(configs)
+    assert parser.get_parsed_content("image_size") == [448, 576]
+    assert parser.get_parsed_content("learning_rate_min") == 1e-6 and parser.get_parsed_content("learning_rate_max") == 1e-4
