@@ -224,7 +224,9 @@ def chest_opacity(size: int, rng: np.random.Generator, organ: np.ndarray, radius
     candidates = np.flatnonzero(upper if rng.random() < 0.75 and upper.any() else organ)
     row, col = np.unravel_index(rng.choice(candidates), organ.shape)
     zone = np.clip(1.0 - ((x - x[row, col]) ** 2 + (y - y[row, col]) ** 2) / radius**2, 0.0, 1.0)
-    patches = np.clip(power_law_noise(size, 3.0, rng) + 0.5, 0.0, None) * zone * organ
-    if not patches.any():  # a zone that caught no patch still shows its densest point
-        patches = zone * organ
-    return (patches / max(float(patches.max()), 1e-6)).astype(np.float32)
+    clumps = np.clip(power_law_noise(size, 3.0, rng) + 0.5, 0.0, None) * organ
+    if not clumps[zone > 0].any():  # a zone that caught no clump still shows its centre
+        clumps[row, col] = 1.0
+    clumps /= clumps[zone > 0].max()
+    # a consolidation: dense (≥ 40 % of the peak) wherever a clump reaches, fading towards the zone's rim
+    return (np.sqrt(zone) * np.where(clumps > 0, 0.4 + 0.6 * clumps, 0.0)).astype(np.float32)

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 KINDS = ("mammo", "chest")
-GENERATOR_VERSION = 2  # bump when the drawing code changes, so that ensure_phantom_dataset refreshes old sets
+GENERATOR_VERSION = 3  # bump when the drawing code changes, so that ensure_phantom_dataset refreshes old sets
 
 
 @dataclasses.dataclass(frozen=True)
