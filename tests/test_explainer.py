@@ -114,5 +114,5 @@ def test_acceptance_summary_on_tiny_phantoms(tmp_path):
     summary = acceptance_summary(explainer, datalist, "test", (32, 32), delta=0.6, randomization_images=0)
     assert summary["images"] == 2 and summary["lesion_images"] == 1
     assert summary["mean_area_healthy_images"] == pytest.approx(0.5)
-    for key in ("flipped", "lesion_hit", "mean_area_flagged"):
+    for key in ("flipped", "oracle_flipped", "lesion_hit", "mean_area_flagged"):
         assert key in summary
