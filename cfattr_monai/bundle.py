@@ -99,7 +99,7 @@ def load_weights(network: nn.Module, ckpt_path: str | Path, config_files: Sequen
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
         raise ValueError(
-            f"load_network: {ckpt_path} is not a checkpoint torch.load can read with weights_only=True "
+            f"{ckpt_path} is not a checkpoint torch.load can read with weights_only=True "
             f"({type(err).__name__}: {str(err).splitlines()[0][:80]}): the file is corrupt, truncated, or holds "
             "Python objects besides tensors. Re-train or re-copy the bundle's models/model.pt; do not load it with "
             "weights_only=False unless you trust its source (unpickling runs arbitrary code)."

@@ -136,7 +136,7 @@ def load_explainer(
     """
     from monai.bundle import ConfigParser
 
-    from cfattr_monai.bundle import load_network
+    from cfattr_monai.bundle import load_network, load_weights
 
     bundle = Path(attributor_bundle_dir).resolve()
     config_files = [bundle / "configs" / "inference.json", *(bundle / o for o in overlays)]
@@ -170,7 +170,7 @@ def load_explainer(
             f"load_explainer: attributor weights {checkpoint_path} not found; train the bundle first "
             f"(python -m monai.bundle run --config_file {bundle}/configs/train.json)."
         )
-    attributor.load_state_dict(torch.load(checkpoint_path, map_location=device, weights_only=True))
+    load_weights(attributor, checkpoint_path, config_files)
     attributor.eval().requires_grad_(False)
     marginalizer = parser.get_parsed_content("marginalizer")
     return CounterfactualExplainer(attributor, classifier, marginalizer, parser.get_parsed_content("threshold"))
