@@ -166,3 +166,34 @@ def test_multi_gpu_train_on_cpu_with_stand_in_networks(stand_ins, tmp_path, bund
     assert iterations == [(str(i), str(expected)) for i in range(1, expected + 1)], (
         f"expected iterations 1..{expected} of {expected} per rank, each logged once (rank 0): {iterations}"
     )
+
+
+@pytest.mark.slow
+def test_attributor_multi_gpu_inference_shards_the_inputs(stand_ins, tmp_path):
+    from monai.bundle import ConfigParser
+
+    from cfattr_monai.bundle import load_network
+    from cfattr_monai.explain.counterfactual import write_classifier_fingerprint
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "attributor" / "configs" / "inference.json"))
+    parser["classifier"] = classifier = load_network(stand_ins["classifier"])
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")  # untrained
+    write_classifier_fingerprint(classifier, tmp_path)
+    settings = {
+        "--datalist": str(stand_ins["datalist"]),
+        "--classifier_bundle": str(stand_ins["classifier"]),
+        "--inpainter_bundle": str(stand_ins["inpainter"]),
+        "--ckpt_dir": str(tmp_path),
+        "--output_dir": str(tmp_path / "explanations"),
+        "--image_size": "[64, 64]",
+    }
+    configs = ["configs/inference.json", "configs/multi_gpu_inference.json"]
+    run_bundle("attributor", configs, [a for item in settings.items() for a in item], nproc=2)
+    shards = []
+    for rank in (0, 1):
+        with (tmp_path / "explanations" / f"rank{rank}" / "explanations.csv").open(newline="") as f:
+            shards.append({Path(row["image"]).name for row in csv.DictReader(f)})
+    test_images = {Path(d["image"]).name for d in json.loads(stand_ins["datalist"].read_text())["test"]}
+    assert shards[0] and shards[1] and not shards[0] & shards[1], f"ranks must split the inputs: {shards}"
+    assert shards[0] | shards[1] == test_images, "every test image explained exactly once over the two ranks"
