@@ -188,3 +188,26 @@ def test_what_if_fill_keeps_the_true_fill_inside_the_hole():
 def test_what_if_needs_a_marginalizer():
     with pytest.raises(TypeError):
         CounterfactualLoss(MeanIntensityClassifier(), darken, delta=0.1)
+
+
+def test_what_if_fill_keeps_images_without_context_on_the_what_if_fill():
+    image = torch.rand(2, 1, 8, 8)
+    hole = torch.zeros(2, 1, 8, 8)
+    hole[0] = 1.0  # all hole: nothing to inpaint from
+    hole[1, :, :2, :2] = 1.0
+
+    def fill(i, h):
+        assert bool((h.flatten(1).amin(dim=1) == 0).all()), "fill called on an all-hole image"
+        return torch.zeros_like(i)
+
+    out = what_if_fill(fill, image, hole, block=2)
+    assert out.shape == image.shape
+
+
+def test_straight_through_uses_the_binary_map_forward_and_soft_gradient_backward():
+    loss = CounterfactualLoss(MeanIntensityClassifier(), DarkMarginalizer(), delta=0.5, straight_through=True)
+    mask = torch.tensor([0.2, 0.9]).reshape(1, 1, 1, 2).requires_grad_(True)
+    blend = loss.blend(mask)
+    assert blend.tolist() == [[[[0.0, 1.0]]]]
+    blend.sum().backward()
+    assert mask.grad.tolist() == [[[[1.0, 1.0]]]]
