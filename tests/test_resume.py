@@ -102,8 +102,10 @@ def bundles(tmp_path_factory) -> Path:
     return tiny_bundles(tmp_path_factory.mktemp("bundles"))
 
 
-# (bundle, metric tolerance): exact where the stream is replayable; the inpainter's holes are random by design.
-CASES = [("classifier", 0.0), ("inpainter", 0.5), ("attributor", 0.0)]
+# (bundle, metric tolerance): exact where the stream is replayable; the inpainter's holes are random by design
+# (measured: val_psnr 16.551 uninterrupted vs 16.547 dB resumed; epoch 1 → 2 gains 0.39 dB, so a run that restarted
+# from scratch instead of resuming would fail the 0.1 dB bound).
+CASES = [("classifier", 0.0), ("inpainter", 0.1), ("attributor", 0.0)]
 
 
 @pytest.mark.slow
