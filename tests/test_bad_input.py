@@ -92,7 +92,9 @@ def write_dataset(folder: Path) -> Path:
         write_png(folder / "images" / f"{i}.png", np.roll(IMAGE, i, axis=1))
         write_png(folder / "lesions" / f"{i}.png", MASK * label)
         write_png(folder / "organs" / f"{i}.png", np.full_like(MASK, 255))
-        items.append({"image": f"images/{i}.png", "label": label, "lesion": f"lesions/{i}.png", "organ": f"organs/{i}.png"})
+        items.append(
+            {"image": f"images/{i}.png", "label": label, "lesion": f"lesions/{i}.png", "organ": f"organs/{i}.png"}
+        )
     datalist = folder / "datalist.json"
     datalist.write_text(json.dumps({"training": items[:2], "validation": items[2:], "test": items[2:]}))
     return datalist
@@ -178,7 +180,9 @@ DATALIST_CASES = [  # (id, mutate(datalist), expected error type, message fragme
 ]
 
 
-@pytest.mark.parametrize("mutate, error, fragments", [c[1:] for c in DATALIST_CASES], ids=[c[0] for c in DATALIST_CASES])
+@pytest.mark.parametrize(
+    "mutate, error, fragments", [c[1:] for c in DATALIST_CASES], ids=[c[0] for c in DATALIST_CASES]
+)
 def test_check_datalist_refuses(tmp_path, mutate, error, fragments):
     datalist = write_dataset(tmp_path / "data")
     mutate(datalist)

@@ -30,7 +30,7 @@ def assert_same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.
 
 
 def read_outputs(folder: Path, pattern: str) -> dict[str, object]:
-    """Files of ``folder`` matching ``pattern``: NIfTI as arrays (their gzip header has a time stamp), others as bytes."""
+    """Files of ``folder`` matching ``pattern``: NIfTI as arrays (the gzip header has a time stamp), others as bytes."""
     files = sorted(folder.rglob(pattern))
     assert files, f"no {pattern} outputs in {folder}"
     return {

@@ -198,7 +198,7 @@ def _mask_problems(mask: np.ndarray, file: Path, key: str, image: np.ndarray | N
     if not any(levels <= allowed for allowed in _BINARY_LEVELS):
         shown = sorted(levels)[:6]
         problems.append(
-            f"{key} {file} holds values {shown}{' …' if len(levels) > 6 else ''}, expected a binary mask ({{0, 1}} or "
-            "{0, 255}): threshold it (mask > 0) and save it again"
+            f"{key} {file} holds values {shown}{' …' if len(levels) > 6 else ''}, expected a binary mask "
+            "({0, 1} or {0, 255}): threshold it (mask > 0) and save it again"
         )
     return problems
