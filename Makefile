@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/run_demo.py --out reports/demo $(if $(filter 1,$(FRESH)),--fresh,)
+	$(PY) -m cfattr_monai.demo --out reports/demo $(if $(filter 1,$(FRESH)),--fresh,)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -120,7 +120,7 @@ def blob_image() -> torch.Tensor:
 
 
 def test_iterative_counterfactual_finds_the_blob_and_stops_on_its_criterion():
-    loss = CounterfactualLoss(BlobDetector(), mean_fill, delta=0.1)
+    loss = CounterfactualLoss(BlobDetector(), mean_fill, delta=0.1, what_if_block=None)
     method = IterativeCounterfactual(loss, max_iterations=300, grid_stride=2)
     with torch.no_grad():
         maps = method(blob_image())
@@ -132,7 +132,7 @@ def test_iterative_counterfactual_finds_the_blob_and_stops_on_its_criterion():
 
 
 def test_iterative_counterfactual_stops_at_the_budget():
-    method = IterativeCounterfactual(CounterfactualLoss(BlobDetector(), mean_fill, delta=0.1), max_iterations=3)
+    method = IterativeCounterfactual(CounterfactualLoss(BlobDetector(), mean_fill, delta=0.1, what_if_block=None), max_iterations=3)
     maps = method(torch.cat([blob_image(), blob_image()]))
     assert maps.shape == (2, 1, 32, 32)
     assert [run["iterations"] for run in method.last_runs] == [3, 3]
@@ -154,4 +154,4 @@ def test_iterative_counterfactual_stops_at_the_budget():
 )
 def test_iterative_counterfactual_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError, match="IterativeCounterfactual"):
-        IterativeCounterfactual(CounterfactualLoss(BlobDetector(), mean_fill, delta=0.1), **kwargs)
+        IterativeCounterfactual(CounterfactualLoss(BlobDetector(), mean_fill, delta=0.1, what_if_block=None), **kwargs)

@@ -197,8 +197,8 @@ class IterativeCounterfactual:
     Example:
         >>> from cfattr_monai.losses.attribution import CounterfactualLoss
         >>> clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32, 1)).requires_grad_(False)
-        >>> method = IterativeCounterfactual(CounterfactualLoss(clf, lambda i, m: (1 - m) * i, delta=0.1),
-        ...                                  max_iterations=5)
+        >>> loss = CounterfactualLoss(clf, lambda i, m: (1 - m) * i, delta=0.1, what_if_block=None)
+        >>> method = IterativeCounterfactual(loss, max_iterations=5)
         >>> method(torch.rand(2, 1, 32, 32)).shape, len(method.last_runs)
         (torch.Size([2, 1, 32, 32]), 2)
     """
