@@ -101,7 +101,7 @@ def run_step(step: Step, fresh: bool = False, bundles_dir: Path = BUNDLES_DIR) -
     if completed.returncode != 0:
         raise RuntimeError(
             f"{step.name} failed (exit {completed.returncode}) after {elapsed:.0f} s; rerun it alone with:\n"
-            f"  cd {bundle_dir} && {' '.join(cmd[1:])}"
+            f"  cd {bundle_dir} && python {' '.join(cmd[1:])}"
         )
     print(f"[pipeline] {step.name}: done in {elapsed:.0f} s", flush=True)
     return elapsed

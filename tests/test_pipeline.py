@@ -1,0 +1,53 @@
+import json
+import sys
+
+import pytest
+
+from cfattr_monai.demo import collect_metrics
+from cfattr_monai.pipeline import Step, pipeline_steps, run_step
+
+TASKS = [
+    ("demo", ()),
+    ("mammo", ("configs/task_mammo.json",)),
+    ("cxr", ("configs/task_cxr.json",)),
+]
+
+
+@pytest.mark.parametrize("task,overlays", TASKS)
+def test_steps_run_the_bundles_in_order_with_the_task_overlays(task, overlays):
+    steps = pipeline_steps(task, datalist="/data/datalist.json")
+    assert [s.bundle for s in steps] == ["classifier"] * 2 + ["inpainter"] * 2 + ["attributor"] * 2
+    assert [s.trains for s in steps] == [True, False] * 3
+    for step in steps:
+        assert step.configs[-len(overlays) or len(step.configs):] == overlays or not overlays
+        assert step.overrides["datalist"].endswith("datalist.json")
+    evaluate = steps[1]
+    assert evaluate.configs[:2] == ("configs/train.json", "configs/evaluate.json")
+    assert json.loads(steps[2].overrides["classifier_overlays"]) == list(overlays)
+
+
+def test_unknown_task_is_refused():
+    with pytest.raises(ValueError, match="unknown task 'ct'"):
+        pipeline_steps("ct")
+
+
+def test_training_is_skipped_when_the_model_exists(tmp_path, capsys):
+    (tmp_path / "b" / "models").mkdir(parents=True)
+    (tmp_path / "b" / "models" / "model.pt").write_bytes(b"")
+    assert run_step(Step("b/train", "b", ("configs/train.json",), trains=True), bundles_dir=tmp_path) == 0.0
+    assert "skipped" in capsys.readouterr().out
+
+
+def test_a_failing_bundle_run_names_the_step_and_the_command(tmp_path, monkeypatch):
+    (tmp_path / "b").mkdir()
+    monkeypatch.setattr(sys, "executable", "false")
+    with pytest.raises(RuntimeError, match=r"(?s)b/evaluate failed \(exit 1\).*cd .*b && python -m monai.bundle run"):
+        run_step(Step("b/evaluate", "b", ("configs/evaluate.json",)), bundles_dir=tmp_path)
+
+
+def test_metrics_collect_what_exists_and_none_elsewhere(tmp_path):
+    (tmp_path / "classifier" / "eval").mkdir(parents=True)
+    (tmp_path / "classifier" / "eval" / "roc.json").write_text(json.dumps({"auc": 0.87, "auc_ci": [0.8, 0.93]}))
+    metrics = collect_metrics(tmp_path / "out", bundles_dir=tmp_path)
+    assert metrics["classifier"]["auc"] == 0.87
+    assert metrics["inpainter"]["auc_none"] is None and metrics["timing"] is None
