@@ -213,3 +213,18 @@ def test_ensure_refuses_set_from_older_generator(tmp_path):
     (tmp_path / "phantoms.json").write_text(json.dumps({**recorded, "generator": recorded["generator"] - 1}))
     with pytest.raises(ValueError, match="delete"):
         ensure_phantom_dataset(datalist, "mammo", n=10, size=48, seed=0)
+
+
+@pytest.mark.parametrize("kind", ["mammo", "chest"])
+@pytest.mark.parametrize("label", [0, 1])
+def test_every_image_spans_the_same_range_so_min_max_scaling_carries_no_label(kind, label):
+    for index in range(8):
+        image = generate_phantom(kind, 96, np.random.default_rng([5, index]), label=label)["image"]
+        assert image.max() == 1.0
+
+
+def test_film_label_needs_a_background_corner():
+    from cfattr_monai.data.phantoms import add_film_label
+
+    with pytest.raises(ValueError, match="no background corner"):
+        add_film_label(np.zeros((64, 64)), np.ones((64, 64), dtype=bool))

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 KINDS = ("mammo", "chest")
-GENERATOR_VERSION = 3  # bump when the drawing code changes, so that ensure_phantom_dataset refreshes old sets
+GENERATOR_VERSION = 4  # bump when the drawing code changes, so that ensure_phantom_dataset refreshes old sets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,11 +139,30 @@ def generate_phantom(kind: str, size: int, rng: np.random.Generator, label: int 
             image = image + rng.uniform(*settings.contrast) * profile
             lesion |= profile > 0
     return {
-        "image": np.clip(image, 0.0, 1.0).astype(np.float32),
+        "image": add_film_label(np.clip(image, 0.0, 1.0), organ).astype(np.float32),
         "label": int(label),
         "lesion": lesion.astype(np.uint8),
         "organ": organ.astype(np.uint8),
     }
+
+
+def add_film_label(image: np.ndarray, organ: np.ndarray) -> np.ndarray:
+    """Burn a white film label (value 1.0) into the first background corner, as on digitized films.
+
+    Without it a lesion is often the brightest structure of its image, so per-image min-max scaling
+    (``ScaleIntensityd``) darkens the whole pathological image and a classifier learns that global shortcut instead
+    of the lesion — and no local replacement of the lesion can then change its decision. With the label every image
+    spans the same range, so the label is carried by the lesion pixels alone.
+    """
+    size = image.shape[0]
+    height, width = max(2, size // 24), max(4, size // 10)
+    for rows in (slice(1, 1 + height), slice(size - 1 - height, size - 1)):
+        for cols in (slice(size - 1 - width, size - 1), slice(1, 1 + width)):
+            if not organ[rows, cols].any():
+                image = image.copy()
+                image[rows, cols] = 1.0
+                return image
+    raise ValueError(f"add_film_label: no background corner of {height}x{width} pixels outside the organ.")
 
 
 def _check_kind(kind: str) -> None:
