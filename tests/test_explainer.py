@@ -116,3 +116,12 @@ def test_acceptance_summary_on_tiny_phantoms(tmp_path):
     assert summary["mean_area_healthy_images"] == pytest.approx(0.5)
     for key in ("flipped", "oracle_flipped", "lesion_hit", "mean_area_flagged"):
         assert key in summary
+
+
+@pytest.mark.parametrize("theta,expected", [(0.93, 0.93), (None, 0.5)])
+def test_fingerprint_records_the_operating_threshold(tmp_path, theta, expected):
+    from cfattr_monai.explain.counterfactual import read_classification_threshold, write_classifier_fingerprint
+
+    write_classifier_fingerprint(torch.nn.Linear(2, 1), tmp_path, theta)
+    assert read_classification_threshold(tmp_path) == pytest.approx(expected)
+    assert read_classification_threshold(tmp_path / "absent") == 0.5

@@ -75,3 +75,31 @@ def test_roc_saver_writes_json_and_png(tmp_path):
     assert record["thresholds"][0] is None and len(record["fpr"]) == len(record["tpr"])
     assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["roc.json", "roc.png"]  # no temporary files left
+
+
+YOUDEN_CASES = [
+    ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], 0.8),  # J = 0.5 first reached at 0.8
+    ([0.9, 0.95, 0.97, 0.99], [0, 0, 1, 1], 0.97),  # uncalibrated: every p > 0.5, the operating point is not 0.5
+    ([0.2, 0.3, 0.6, 0.7], [0, 0, 1, 1], 0.6),
+]
+
+
+@pytest.mark.parametrize("scores,labels,expected", YOUDEN_CASES)
+def test_youden_threshold(scores, labels, expected):
+    from cfattr_monai.metrics.roc import youden_threshold
+
+    assert youden_threshold(scores, labels) == pytest.approx(expected)
+
+
+def test_operating_threshold_runs_the_classifier_over_the_dataset():
+    import torch
+
+    from cfattr_monai.metrics.roc import operating_threshold
+
+    class Brightness(torch.nn.Module):
+        def forward(self, x):
+            return 10 * (x.mean(dim=(1, 2, 3))[:, None] - 0.5)
+
+    dataset = [{"image": torch.full((1, 4, 4), v)} for v in (0.1, 0.2, 0.6, 0.9)]
+    theta = operating_threshold(Brightness(), dataset, [0, 0, 1, 1], batch_size=3)
+    assert theta == pytest.approx(float(torch.sigmoid(torch.tensor(10 * 0.1))))

@@ -84,14 +84,28 @@ class CounterfactualExplainer(nn.Module):
         }
 
 
-def write_classifier_fingerprint(classifier: nn.Module, ckpt_dir: str | Path) -> Path:
-    """Write ``ckpt_dir/classifier_fingerprint.json`` (through a temporary file) and return its path."""
+def write_classifier_fingerprint(
+    classifier: nn.Module, ckpt_dir: str | Path, classification_threshold: float | None = None
+) -> Path:
+    """Write ``ckpt_dir/classifier_fingerprint.json`` (through a temporary file) and return its path.
+
+    The file also records the classification threshold θ the attributor is trained for (the classifier's operating
+    point), so that evaluation and inference count "flagged" and "flipped" at the same θ.
+    """
     path = Path(ckpt_dir) / FINGERPRINT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"sha256": fingerprint(classifier)}, indent=2) + "\n")
+    record = {"sha256": fingerprint(classifier), "classification_threshold": classification_threshold}
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def read_classification_threshold(ckpt_dir: str | Path, default: float = 0.5) -> float:
+    """θ recorded by :func:`write_classifier_fingerprint` in ``ckpt_dir``, or ``default`` when none was recorded."""
+    path = Path(ckpt_dir) / FINGERPRINT_FILE
+    value = json.loads(path.read_text()).get("classification_threshold") if path.is_file() else None
+    return default if value is None else float(value)
 
 
 def check_classifier_fingerprint(classifier: nn.Module, ckpt_dir: str | Path) -> None:

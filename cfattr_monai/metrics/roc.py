@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm, rankdata
 
-__all__ = ["delong_auc", "roc_curve"]
+__all__ = ["delong_auc", "operating_threshold", "roc_curve", "youden_threshold"]
 
 
 def _scores_and_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -91,3 +91,43 @@ def delong_auc(scores, labels, confidence: float = 0.95) -> tuple[float, float, 
     variance = (v10.var(ddof=1) / m if m > 1 else 0.0) + (v01.var(ddof=1) / n if n > 1 else 0.0)
     half_width = float(norm.ppf(0.5 + confidence / 2.0) * np.sqrt(variance))
     return auc, max(0.0, auc - half_width), min(1.0, auc + half_width)
+
+
+def youden_threshold(scores, labels) -> float:
+    """The operating threshold θ of a classifier: the ROC point maximizing Youden's ``J = TPR − FPR``.
+
+    W. J. Youden, "Index for rating diagnostic tests", Cancer 3(1):32–35 (1950). An image is flagged when
+    ``score >= θ``.
+
+    Example:
+        >>> youden_threshold([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+        0.8
+    """
+    fpr, tpr, thresholds = roc_curve(scores, labels)
+    return float(thresholds[int(np.argmax(tpr - fpr))])
+
+
+def operating_threshold(classifier, dataset, labels, device="cpu", batch_size: int = 16) -> float:
+    """Youden threshold θ of ``classifier``'s p(c|I) over ``dataset`` (items with an ``"image"`` tensor).
+
+    The paper's θ is "the classification threshold" of the classifier being explained; a classifier trained
+    briefly can be far from calibrated (healthy images at p ≈ 0.9), so 0.5 is no operating point for it. Use a
+    split the classifier was not trained on (validation).
+
+    Args:
+        classifier: binary classifier (see :mod:`cfattr_monai.networks.classifier_output`).
+        dataset: a MONAI/torch dataset of dicts whose ``"image"`` is the preprocessed image tensor.
+        labels: the class label (0 healthy, 1 pathological) of each dataset item, in order.
+        device: where to run the classifier.
+        batch_size: images per forward pass.
+    """
+    import torch
+
+    from cfattr_monai.networks.classifier_output import pathology_probability
+
+    scores = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
+            scores.append(pathology_probability(classifier(batch.to(device))).cpu())
+    return youden_threshold(torch.cat(scores).numpy(), labels)

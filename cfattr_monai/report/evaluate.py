@@ -32,10 +32,8 @@ from cfattr_monai.metrics.localization import (
     wilcoxon_tests,
 )
 
-__all__ = ["CLASSIFICATION_THRESHOLD", "attribution_maps", "evaluate_attribution", "localization_study"]
+__all__ = ["attribution_maps", "evaluate_attribution", "localization_study"]
 
-#: θ: an image is flagged when p(c|I) ≥ θ and flipped when p(c|π(M̂)) < θ.
-CLASSIFICATION_THRESHOLD = 0.5
 BASELINES = ("gradcam", "saliency")
 
 
@@ -122,7 +120,7 @@ def evaluate_attribution(
     Raises:
         ValueError: ``area_reference`` is unknown, or the split has no lesion image.
     """
-    from cfattr_monai.explain.counterfactual import load_explainer
+    from cfattr_monai.explain.counterfactual import load_explainer, read_classification_threshold
     from cfattr_monai.metrics.marginalization import load_split
 
     if area_reference not in ("organ", "image"):
@@ -139,8 +137,10 @@ def evaluate_attribution(
     maps = attribution_maps(explainer, images, batch_size)
     fragment, per_image = localization_study(maps, lesions, organs if area_reference == "organ" else None)
 
-    flagged = maps["p"] >= CLASSIFICATION_THRESHOLD
-    flipped = flagged & (maps["p_counterfactual"] < CLASSIFICATION_THRESHOLD)
+    # θ: flagged when p(c|I) ≥ θ, flipped when p(c|π(M̂)) < θ — the operating point the attributor was trained for
+    theta = read_classification_threshold(Path(attributor_bundle) / "models")
+    flagged = maps["p"] >= theta
+    flipped = flagged & (maps["p_counterfactual"] < theta)
     fragment.update(
         flip_rate=float(flipped.sum() / flagged.sum()) if flagged.any() else float("nan"),
         n_lesion_images=int(keep.sum()),
@@ -153,7 +153,7 @@ def evaluate_attribution(
             "area_reference": area_reference,
             "percentiles": list(PERCENTILES),
             "map_threshold": explainer.threshold,
-            "classification_threshold": CLASSIFICATION_THRESHOLD,
+            "classification_threshold": theta,
         },
     )
     output_dir = Path(output_dir)
