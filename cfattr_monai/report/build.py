@@ -40,9 +40,11 @@ def _attribution_section(attribution: Mapping | None, examples, out_dir: Path) -
     if attribution is None:
         return lines + ["not available: run the attributor bundle's `configs/evaluate.json` first.", ""]
     n_flagged = attribution.get("n_flagged")
+    theta = attribution.get("settings", {}).get("classification_threshold", 0.5)
     lines += [
         f"Lesion test images: {attribution.get('n_lesion_images', attribution['ours']['H']['n'])}; "
-        f"flagged by the classifier (p ≥ 0.5): {n_flagged}; counterfactual flipped below 0.5 "
+        f"flagged by the classifier (p ≥ θ = {theta:.4g}, its operating point): {n_flagged}; "
+        f"counterfactual flipped below θ "
         f"(flip rate): {attribution.get('flip_rate', float('nan')):.3f}.",
         "Grad-CAM and saliency are binarized at their own 50th/75th/90th percentile; ours is its binary map M̂.",
         "",
