@@ -21,6 +21,31 @@ __all__ = ["fingerprint", "load_network", "load_weights"]
 _SHOWN_KEYS = 5
 
 
+def bundle_config_files(bundle_dir: str | Path, overlays: Sequence[str | Path] = ()) -> list[Path]:
+    """``configs/inference.json`` of a bundle followed by its task ``overlays`` (paths relative to the bundle)."""
+    bundle_dir = Path(bundle_dir)
+    return [bundle_dir / "configs" / "inference.json", *(bundle_dir / o for o in overlays)]
+
+
+def read_bundle_config(bundle_dir: str | Path, overlays: Sequence[str | Path] = (), caller: str = "read_bundle_config"):
+    """:func:`bundle_config_files` parsed into one ``ConfigParser`` with ``bundle_root`` set to ``bundle_dir``.
+
+    Raises:
+        FileNotFoundError: a config file is missing; the message names it and the ``caller``.
+    """
+    config_files = bundle_config_files(bundle_dir, overlays)
+    for path in config_files:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{caller}: config file {path} not found; pass the bundle folder (with configs/inference.json) "
+                "and overlays relative to it, e.g. ['configs/task_cxr.json']."
+            )
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in config_files])
+    parser["bundle_root"] = str(bundle_dir)
+    return parser
+
+
 def load_network(
     bundle_dir: str | Path,
     overlays: Sequence[str | Path] = (),
@@ -52,16 +77,8 @@ def load_network(
         torch.Size([1, 1])
     """
     bundle_dir = Path(bundle_dir)
-    config_files = [bundle_dir / "configs" / "inference.json", *(bundle_dir / o for o in overlays)]
-    for path in config_files:
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"load_network: config file {path} not found; pass the bundle folder (with configs/inference.json) "
-                "as bundle_dir and overlays relative to it, e.g. ['configs/task_cxr.json']."
-            )
-    parser = ConfigParser()
-    parser.read_config([str(p) for p in config_files])
-    parser["bundle_root"] = str(bundle_dir)
+    parser = read_bundle_config(bundle_dir, overlays, caller="load_network")
+    config_files = bundle_config_files(bundle_dir, overlays)
     if network_key not in parser:
         raise KeyError(f"load_network: key {network_key!r} not found in {', '.join(map(str, config_files))}.")
     network: nn.Module = parser.get_parsed_content(network_key, instantiate=True)

@@ -103,3 +103,19 @@ def test_operating_threshold_runs_the_classifier_over_the_dataset():
     dataset = [{"image": torch.full((1, 4, 4), v)} for v in (0.1, 0.2, 0.6, 0.9)]
     theta = operating_threshold(Brightness(), dataset, [0, 0, 1, 1], batch_size=3)
     assert theta == pytest.approx(float(torch.sigmoid(torch.tensor(10 * 0.1))))
+
+
+@pytest.mark.parametrize("scores", [[0.7, 0.7, 0.7, 0.7], [1.0, 1.0, 1.0, 1.0]])
+def test_operating_threshold_of_a_constant_classifier_is_a_finite_probability(scores):
+    import torch
+
+    from cfattr_monai.metrics.roc import operating_threshold, youden_threshold
+
+    assert youden_threshold(scores, [0, 1, 0, 1]) == scores[0]
+
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            return torch.logit(torch.full((x.shape[0], 1), scores[0], dtype=torch.float64)).float()
+
+    theta = operating_threshold(Constant(), [{"image": torch.zeros(1, 2, 2)}] * 4, [0, 1, 0, 1])
+    assert 0.0 < theta < 1.0

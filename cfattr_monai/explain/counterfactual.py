@@ -148,21 +148,11 @@ def load_explainer(
         FileNotFoundError: a bundle, config or checkpoint is missing.
         ValueError: the classifier is not the one the attributor was trained with.
     """
-    from monai.bundle import ConfigParser
-
-    from cfattr_monai.bundle import load_network, load_weights
+    from cfattr_monai.bundle import bundle_config_files, load_network, load_weights, read_bundle_config
 
     bundle = Path(attributor_bundle_dir).resolve()
-    config_files = [bundle / "configs" / "inference.json", *(bundle / o for o in overlays)]
-    for config_file in config_files:
-        if not config_file.is_file():
-            raise FileNotFoundError(
-                f"load_explainer: {config_file} not found; give an attributor bundle folder and overlay paths "
-                "relative to it."
-            )
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in config_files])
-    parser["bundle_root"] = str(bundle)
+    parser = read_bundle_config(bundle, overlays, caller="load_explainer")
+    config_files = bundle_config_files(bundle, overlays)
 
     def bundle_path(key: str) -> Path:
         path = Path(parser.get_parsed_content(key))

@@ -104,7 +104,8 @@ def youden_threshold(scores, labels) -> float:
         0.8
     """
     fpr, tpr, thresholds = roc_curve(scores, labels)
-    return float(thresholds[int(np.argmax(tpr - fpr))])
+    # the first point (θ = +inf, nothing flagged) is no threshold a classifier can be run at: skip it
+    return float(thresholds[1 + int(np.argmax(tpr[1:] - fpr[1:]))])
 
 
 def operating_threshold(classifier, dataset, labels, device="cpu", batch_size: int = 16) -> float:
@@ -130,4 +131,5 @@ def operating_threshold(classifier, dataset, labels, device="cpu", batch_size: i
         for start in range(0, len(dataset), batch_size):
             batch = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
             scores.append(pathology_probability(classifier(batch.to(device))).cpu())
-    return youden_threshold(torch.cat(scores).numpy(), labels)
+    # keep θ inside (0, 1) even for a saturated classifier, so that log-odds at θ stay finite
+    return float(np.clip(youden_threshold(torch.cat(scores).numpy(), labels), 1e-6, 1 - 1e-6))
