@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import from_engine
 
-from cfattr_monai.io.outputs import atomic_path
+from cfattr_monai.io.outputs import atomic_path, save_figure
 from cfattr_monai.metrics.roc import delong_auc, roc_curve
 
 __all__ = ["ROCSaver"]
@@ -105,6 +105,4 @@ class ROCSaver:
         ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1), title=self.title)
         ax.legend(loc="lower right")
         fig.tight_layout()
-        with atomic_path(self.output_dir / f"{self.name}.png") as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
+        save_figure(fig, self.output_dir / f"{self.name}.png")

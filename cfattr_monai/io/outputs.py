@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["atomic_path", "safe_stem", "output_path", "UniqueStems", "CsvRowWriter"]
+__all__ = ["atomic_path", "save_figure", "safe_stem", "output_path", "UniqueStems", "CsvRowWriter"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_STEM_LENGTH = 120
@@ -52,6 +52,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write a matplotlib figure as PNG through :func:`atomic_path`, close it, and return ``path``."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return path
 
 
 def safe_stem(name: str, fallback: str = "image") -> str:

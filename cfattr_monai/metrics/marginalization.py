@@ -32,7 +32,7 @@ from monai.metrics.regression import compute_ssim_and_cs
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityd, ScaleIntensityRanged
 from scipy.ndimage import binary_dilation
 
-from cfattr_monai.io.outputs import atomic_path
+from cfattr_monai.io.outputs import atomic_path, save_figure
 from cfattr_monai.networks.classifier_output import pathology_probability
 from cfattr_monai.transforms.marginalize import Marginalizer
 from cfattr_monai.transforms.masks import irregular_hole_mask
@@ -221,12 +221,7 @@ def save_fig1c(results: Mapping, path: str | Path, title: str = "") -> Path:
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title or "ROC, classifier vs. inpainting")
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=150)
 
 
 def write_study(

@@ -12,7 +12,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from cfattr_monai.io.outputs import atomic_path
+from cfattr_monai.io.outputs import save_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after selecting the non-interactive backend
@@ -62,7 +62,7 @@ def save_attribution_grid(examples: Mapping[str, np.ndarray], path: str | Path) 
     for ax in axes.flat:
         ax.set_axis_off()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_roc_figure(marginalization: Mapping, path: str | Path) -> Path:
@@ -89,13 +89,6 @@ def save_roc_figure(marginalization: Mapping, path: str | Path) -> Path:
         ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
         ax.legend(loc="lower right", fontsize=7)
         fig.tight_layout()
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
