@@ -83,13 +83,7 @@ def load_network(
         raise KeyError(f"load_network: key {network_key!r} not found in {', '.join(map(str, config_files))}.")
     network: nn.Module = parser.get_parsed_content(network_key, instantiate=True)
 
-    ckpt_path = bundle_dir / checkpoint
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(
-            f"load_network: checkpoint {ckpt_path} not found; train the bundle first "
-            f"(cd {bundle_dir} && python -m monai.bundle run --config_file configs/train.json) or pass checkpoint=."
-        )
-    load_weights(network, ckpt_path, config_files)
+    load_weights(network, bundle_dir / checkpoint, config_files)
     network.to(device).eval()
     network.requires_grad_(False)
     return network
@@ -104,6 +98,7 @@ def load_weights(network: nn.Module, ckpt_path: str | Path, config_files: Sequen
         config_files: the configs that defined ``network``, named in the error when the weights do not fit.
 
     Raises:
+        FileNotFoundError: no such file; the message says to train the bundle that writes it.
         ValueError: the file is not a readable weights-only checkpoint, not a state dict, or for another network.
 
     Example:
@@ -112,6 +107,12 @@ def load_weights(network: nn.Module, ckpt_path: str | Path, config_files: Sequen
         torch.Size([1, 2])
     """
     ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        bundle_dir = ckpt_path.parent.parent
+        raise FileNotFoundError(
+            f"checkpoint {ckpt_path} not found; train the bundle first (cd {bundle_dir} && python -m monai.bundle "
+            "run --config_file configs/train.json) or point to an existing checkpoint."
+        )
     try:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:

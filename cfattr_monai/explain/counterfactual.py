@@ -168,13 +168,7 @@ def load_explainer(
     parser["classifier"] = classifier
     parser["inpainter"] = inpainter
     attributor = parser.get_parsed_content("network_def").to(device)
-    checkpoint_path = bundle / checkpoint
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(
-            f"load_explainer: attributor weights {checkpoint_path} not found; train the bundle first "
-            f"(python -m monai.bundle run --config_file {bundle}/configs/train.json)."
-        )
-    load_weights(attributor, checkpoint_path, config_files)
+    load_weights(attributor, bundle / checkpoint, config_files)
     attributor.eval().requires_grad_(False)
     marginalizer = parser.get_parsed_content("marginalizer")
     return CounterfactualExplainer(attributor, classifier, marginalizer, parser.get_parsed_content("threshold"))
