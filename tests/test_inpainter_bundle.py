@@ -12,6 +12,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow, run, verify_metadata
 
 from cfattr_monai.bundle import load_network
 from cfattr_monai.data.phantoms import write_phantom_dataset
+from cfattr_monai.losses.inpainting import PCILoss
 from cfattr_monai.networks.inpainter import PartialConvUNet
 from cfattr_monai.networks.mobilenet import MobileNetV1
 
@@ -78,6 +79,34 @@ def test_task_overlays_set_the_paper_architecture(overlay, levels, size):
         net = parser.get_parsed_content("network_def")
         assert isinstance(net, PartialConvUNet) and len(net.encoder) == levels
         assert parser.get_parsed_content("image_size") == size
+
+
+def _loss_weights(*configs: str) -> dict:
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / c) for c in configs])
+    parser["feature_extractor"] = "$None"  # no trained classifier needed to read the weights
+    return parser.get_parsed_content("loss").lambdas
+
+
+def test_paper_loss_weights_are_the_defaults_and_the_paper_overlays_keep_them():
+    paper = {"valid": 1.0, "hole": 6.0, "perc": 0.05, "style": 120.0, "tv": 0.1}
+    assert PCILoss(feature_extractor=None).lambdas == paper
+    for overlay in ("task_mammo.json", "task_cxr.json"):
+        assert _loss_weights("train.json", overlay) == paper, overlay
+    demo = _loss_weights("train.json")  # documented demo deviation: no style term (docs/README.md)
+    assert demo == {**paper, "style": 0.0}
+
+
+def test_long_phantom_overlay_keeps_the_demo_network_and_writes_elsewhere():
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "task_phantom_long.json")])
+    demo = ConfigParser()
+    demo.read_config(str(BUNDLE / "configs" / "train.json"))
+    for key in ("num_levels", "channels", "kernel_sizes", "image_size", "lambda_perc", "lambda_style"):
+        assert parser.get_parsed_content(key) == demo.get_parsed_content(key), key
+    assert parser.get_parsed_content("phase1_epochs") > demo.get_parsed_content("phase1_epochs")
+    for key, folder in (("ckpt_dir", "models_long"), ("output_dir", "eval_long")):
+        assert parser.get_parsed_content(key).endswith(folder), "the long run must not overwrite the demo's models/eval"
 
 
 @pytest.mark.slow
