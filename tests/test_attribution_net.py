@@ -102,3 +102,25 @@ def test_bad_arguments(kwargs, image_shape, error):
 def test_unsupported_backbone_is_rejected():
     with pytest.raises(TypeError):
         AttentionGatedUNet(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3)))
+
+
+def _upsample_first_reference(net: AttentionGatedUNet, image: torch.Tensor) -> torch.Tensor:
+    """The decoder as the paper orders it: every block upsamples, then convolves (no compact mapping)."""
+    import torch.nn.functional as F
+
+    gated = [gate(x) for gate, x in zip(net.filters, net.encoder(image))]
+    x = gated[3]
+    for block, skip in zip(net.blocks[:3], reversed(gated[:3])):
+        x = torch.relu(block.conv(F.interpolate(x, size=skip.shape[-2:], mode="nearest"))) + skip
+    x = torch.relu(net.blocks[3].conv(F.interpolate(x, scale_factor=2, mode="nearest")))
+    c1, c2 = net.head(x).unbind(dim=1)
+    return F.interpolate(soft_attribution_map(c1, c2)[:, None], size=image.shape[-2:], mode="nearest")
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 80), (70, 54)])
+def test_convolving_before_upsampling_equals_the_paper_order(size):
+    torch.manual_seed(0)
+    net = AttentionGatedUNet(MobileNetV1(width_mult=0.25)).eval()
+    image = torch.rand(2, 1, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(net(image), _upsample_first_reference(net, image))

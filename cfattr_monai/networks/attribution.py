@@ -70,6 +70,9 @@ class FeatureFilter(nn.Module):
 class UpsamplingBlock(nn.Module):
     """Nearest upsampling to ``size`` → 1×1 convolution → ReLU → plus the gated skip features (when given).
 
+    Nearest upsampling only repeats pixels and the 1×1 convolution and ReLU act per pixel, so they commute: the
+    convolution runs *before* the upsampling, on a quarter of the pixels, with the same result.
+
     Example:
         >>> UpsamplingBlock(16, 8)(torch.rand(1, 16, 4, 4), (8, 8), torch.rand(1, 8, 8, 8)).shape
         torch.Size([1, 8, 8, 8])
@@ -80,7 +83,7 @@ class UpsamplingBlock(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], skip: torch.Tensor | None = None) -> torch.Tensor:
-        x = torch.relu(self.conv(F.interpolate(x, size=size, mode="nearest")))
+        x = F.interpolate(torch.relu(self.conv(x)), size=size, mode="nearest")
         return x if skip is None else x + skip
 
 
@@ -170,8 +173,11 @@ class AttentionGatedUNet(nn.Module):
         x = gated[3]
         for block, skip in zip(self.blocks[:3], reversed(gated[:3])):
             x = block(x, skip.shape[-2:], skip)
-        x = self.blocks[3](x, (2 * x.shape[-2], 2 * x.shape[-1]))
+        # block 4, the 1×1 head and the pixel-wise map commute with nearest upsampling: run them at scale 1 and
+        # upsample the one-channel map (×2 for block 4, then to the input size)
+        x = self.blocks[3](x, x.shape[-2:])
         c1, c2 = self.head(x).unbind(dim=1)
-        # nearest upsampling commutes with the 1×1 head and the pixel-wise map: upsample last, on one channel
-        soft_map = F.interpolate(soft_attribution_map(c1, c2, self.eps)[:, None], size=image.shape[-2:], mode="nearest")
+        soft_map = soft_attribution_map(c1, c2, self.eps)[:, None]
+        soft_map = F.interpolate(soft_map, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="nearest")
+        soft_map = F.interpolate(soft_map, size=image.shape[-2:], mode="nearest")
         return soft_map if self.compact is None else self.compact(soft_map)
