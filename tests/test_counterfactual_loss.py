@@ -146,6 +146,7 @@ def test_mean_lesion_fraction(tmp_path):
         ({"delta": 0.1}, (1, 2, 8, 8), (1, 1, 8, 8)),
         ({"delta": 0.1}, (1, 1, 8, 8), (1, 1, 4, 4)),
         ({"delta": 0.1, "delta_of": "organ"}, (1, 1, 8, 8), (1, 1, 8, 8)),
+        ({"delta": 0.1, "blend_temperature": 0.0}, (1, 1, 8, 8), (1, 1, 8, 8)),
     ],
 )
 def test_bad_arguments(kwargs, mask_shape, target_shape):
@@ -204,10 +205,33 @@ def test_what_if_fill_keeps_images_without_context_on_the_what_if_fill():
     assert out.shape == image.shape
 
 
-def test_straight_through_uses_the_binary_map_forward_and_soft_gradient_backward():
-    loss = CounterfactualLoss(MeanIntensityClassifier(), DarkMarginalizer(), delta=0.5, straight_through=True)
-    mask = torch.tensor([0.2, 0.9]).reshape(1, 1, 1, 2).requires_grad_(True)
-    blend = loss.blend(mask)
-    assert blend.tolist() == [[[[0.0, 1.0]]]]
-    blend.sum().backward()
-    assert mask.grad.tolist() == [[[[1.0, 1.0]]]]
+@pytest.mark.parametrize("temperature", [0.1, 0.02])
+def test_sharpened_blend_is_near_binary_at_the_threshold_and_differentiable(temperature):
+    loss = CounterfactualLoss(
+        MeanIntensityClassifier(), DarkMarginalizer(), delta=0.5, blend_temperature=temperature
+    )
+    blend = loss.blend(torch.tensor([0.0, 0.55, 1.0]).reshape(1, 1, 1, 3))
+    assert blend[0, 0, 0, 0] < 0.01 and blend[0, 0, 0, 1] == 0.5 and blend[0, 0, 0, 2] > 0.98
+    near = torch.tensor([0.5, 0.55, 0.6]).reshape(1, 1, 1, 3).requires_grad_(True)
+    loss.blend(near).sum().backward()
+    assert bool((near.grad > 0).all())
+
+
+@pytest.mark.parametrize("kwargs", [{"blend_temperature": None}, {"what_if_block": None}])
+def test_plain_blend_without_temperature_or_what_if_fill(kwargs):
+    loss = CounterfactualLoss(MeanIntensityClassifier(), DarkMarginalizer(), delta=0.5, **kwargs)
+    mask = torch.rand(1, 1, 4, 4)
+    assert loss.blend(mask) is mask
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0])
+def test_area_scale_scales_both_area_terms(scale):
+    loss = CounterfactualLoss(MeanIntensityClassifier(), DarkMarginalizer(), delta=0.1, blend_temperature=None)
+    mask, image = torch.ones(1, 1, 4, 4), torch.rand(1, 1, 4, 4)
+    full = loss(mask, image)
+    loss.area_scale = 0.0
+    bare = loss(mask, image)
+    loss.area_scale = scale
+    expected = bare + scale * (full - bare)
+    torch.testing.assert_close(loss(mask, image), expected)
+    assert full > bare

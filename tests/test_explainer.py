@@ -125,3 +125,25 @@ def test_fingerprint_records_the_operating_threshold(tmp_path, theta, expected):
     write_classifier_fingerprint(torch.nn.Linear(2, 1), tmp_path, theta)
     assert read_classification_threshold(tmp_path) == pytest.approx(expected)
     assert read_classification_threshold(tmp_path / "absent") == 0.5
+
+
+class _BrightIsPathological(torch.nn.Module):
+    def forward(self, x):
+        return 40.0 * (x.flatten(1).mean(dim=1, keepdim=True) - 0.5)
+
+
+@pytest.mark.parametrize(
+    "levels, threshold, expected",
+    [([0.9, 0.1, 0.8], 0.5, [0, 2]), ([0.9, 0.9], 0.5, [0, 1]), ([0.6, 0.7], 0.99, [1]), ([0.1, 0.2], 0.5, None)],
+)
+def test_flagged_items(levels, threshold, expected):
+    from monai.data import Dataset
+
+    from cfattr_monai.explain.counterfactual import flagged_items
+
+    data = [{"image": torch.full((1, 4, 4), level), "id": i} for i, level in enumerate(levels)]
+    if expected is None:
+        with pytest.raises(ValueError, match="flags none"):
+            flagged_items(_BrightIsPathological(), Dataset(data), threshold)
+    else:
+        assert [item["id"] for item in flagged_items(_BrightIsPathological(), Dataset(data), threshold)] == expected

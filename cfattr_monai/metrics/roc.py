@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm, rankdata
 
-__all__ = ["delong_auc", "operating_threshold", "roc_curve", "youden_threshold"]
+__all__ = ["classifier_scores", "delong_auc", "operating_threshold", "roc_curve", "youden_threshold"]
 
 
 def _scores_and_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -108,6 +108,20 @@ def youden_threshold(scores, labels) -> float:
     return float(thresholds[1 + int(np.argmax(tpr[1:] - fpr[1:]))])
 
 
+def classifier_scores(classifier, dataset, device="cpu", batch_size: int = 16):
+    """p(c|I) of ``classifier`` for every item of ``dataset`` (dicts whose ``"image"`` is the preprocessed tensor)."""
+    import torch
+
+    from cfattr_monai.networks.classifier_output import pathology_probability
+
+    scores = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
+            scores.append(pathology_probability(classifier(batch.to(device))).cpu())
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
 def operating_threshold(classifier, dataset, labels, device="cpu", batch_size: int = 16) -> float:
     """Youden threshold θ of ``classifier``'s p(c|I) over ``dataset`` (items with an ``"image"`` tensor).
 
@@ -122,14 +136,6 @@ def operating_threshold(classifier, dataset, labels, device="cpu", batch_size: i
         device: where to run the classifier.
         batch_size: images per forward pass.
     """
-    import torch
-
-    from cfattr_monai.networks.classifier_output import pathology_probability
-
-    scores = []
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            batch = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
-            scores.append(pathology_probability(classifier(batch.to(device))).cpu())
+    scores = classifier_scores(classifier, dataset, device, batch_size)
     # keep θ inside (0, 1) even for a saturated classifier, so that log-odds at θ stay finite
-    return float(np.clip(youden_threshold(torch.cat(scores).numpy(), labels), 1e-6, 1 - 1e-6))
+    return float(np.clip(youden_threshold(scores.numpy(), labels), 1e-6, 1 - 1e-6))
