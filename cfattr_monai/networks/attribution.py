@@ -83,7 +83,15 @@ class UpsamplingBlock(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], skip: torch.Tensor | None = None) -> torch.Tensor:
-        x = F.interpolate(torch.relu(self.conv(x)), size=size, mode="nearest")
+        x = torch.relu(self.conv(x))
+        height, width = x.shape[-2:]
+        if tuple(size) == (height, width):
+            return x if skip is None else x + skip
+        if skip is not None and tuple(size) == (2 * height, 2 * width):
+            # nearest ×2 and the sum in one broadcast, without materializing the upsampled tensor
+            b, c = skip.shape[:2]
+            return (skip.reshape(b, c, height, 2, width, 2) + x[:, :, :, None, :, None]).reshape(b, c, *size)
+        x = F.interpolate(x, size=size, mode="nearest")
         return x if skip is None else x + skip
 
 
