@@ -222,16 +222,3 @@ def test_plain_blend_without_temperature_or_what_if_fill(kwargs):
     loss = CounterfactualLoss(MeanIntensityClassifier(), DarkMarginalizer(), delta=0.5, **kwargs)
     mask = torch.rand(1, 1, 4, 4)
     assert loss.blend(mask) is mask
-
-
-@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0])
-def test_area_scale_scales_both_area_terms(scale):
-    loss = CounterfactualLoss(MeanIntensityClassifier(), DarkMarginalizer(), delta=0.1, blend_temperature=None)
-    mask, image = torch.ones(1, 1, 4, 4), torch.rand(1, 1, 4, 4)
-    full = loss(mask, image)
-    loss.area_scale = 0.0
-    bare = loss(mask, image)
-    loss.area_scale = scale
-    expected = bare + scale * (full - bare)
-    torch.testing.assert_close(loss(mask, image), expected)
-    assert full > bare

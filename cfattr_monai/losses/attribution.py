@@ -198,10 +198,6 @@ class CounterfactualLoss(nn.Module):
             (gradient only inside its hard hole).
         blend_temperature: τ of the sharpened blend (module doc); None, or ``what_if_block`` None, blends M itself.
 
-    Attributes:
-        area_scale: factor on both area terms (μ and α), 1 by default; :class:`~cfattr_monai.handlers.warmup.
-            AreaConstraintWarmup` ramps it from 0 so the counterfactual terms shape the map before its area is
-            squeezed.
 
     Example:
         >>> clf = nn.Sequential(nn.Flatten(), nn.LazyLinear(1))
@@ -244,7 +240,6 @@ class CounterfactualLoss(nn.Module):
             raise ValueError(f"CounterfactualLoss: blend_temperature must be > 0 or None, got {blend_temperature}.")
         # without the what-if fill π blends M itself (the marginalizer's own π): no sharpened blend
         self.blend_temperature = blend_temperature if what_if_block is not None else None
-        self.area_scale = 1.0
         self.delta, self.delta_of, self.threshold = delta, delta_of, threshold
         self.tv_weight, self.area_penalty_weight, self.area_weight = tv_weight, area_penalty_weight, area_weight
         # defaults: φ steepest at φ(θ) = −log(1 − θ), ψ at 0 (no change yet), R at 0 (growth 10: R is a small mean);
@@ -308,7 +303,7 @@ class CounterfactualLoss(nn.Module):
         per_image = (
             t["flagged"] * counterfactual
             + self.tv_weight * generalized_logistic(t["tv"], **self.tv_logistic)
-            + self.area_scale * self.area_penalty_weight * area_penalty(t["area"], t["delta"])
-            + self.area_scale * self.area_weight * t["area"]
+            + self.area_penalty_weight * area_penalty(t["area"], t["delta"])
+            + self.area_weight * t["area"]
         )
         return per_image.mean()
