@@ -67,6 +67,20 @@ def test_smooth_max_tends_to_rbf_dilation():
     assert float(out[0, 0]) < 1e-3
 
 
+@pytest.mark.parametrize(
+    "size, edge_center",
+    [((64, 64), (0, 0)), ((64, 64), (0, 32)), ((128, 96), (127, 40)), ((96, 128), (50, 127))],
+)
+def test_border_keeps_the_map(size, edge_center):
+    """The map continues beyond the border: a blob on it keeps its peak, a constant map stays constant."""
+    middle = map_into_compact(_blobs(size, [(size[0] // 2, size[1] // 2)], 4))
+    edge = map_into_compact(_blobs(size, [edge_center], 4))
+    assert float(edge.max()) == pytest.approx(float(middle.max()), abs=0.02)
+    for level in (0.02, 0.1, 0.5, 1.0):  # a constant map stays constant up to the border, weak or strong
+        flat = map_into_compact(torch.full((1, 1, *size), level))
+        assert float(flat.max() - flat.min()) < 1e-5 * level
+
+
 def test_empty_map_stays_empty():
     assert float(map_into_compact(torch.zeros(1, 1, 64, 64)).max()) == 0.0
 
