@@ -86,11 +86,14 @@ def test_randomization_check_on_a_small_trained_attributor():
         optimizer.zero_grad()
         torch.nn.functional.binary_cross_entropy(net(images).clamp(1e-4, 1 - 1e-4), target).backward()
         optimizer.step()
-    result = randomization_check(net, images, steps=2)
+    result = randomization_check(net, images, steps=2, draws=3)
     # a 15-step toy model does not reach the < 0.2 acceptance level (measured on the demo: docs/README.md); here the
     # check must see that both randomizations change the trained maps and report bounded similarities
     assert result["attributor"]["spearman"] < 0.9 and result["classifier"]["spearman"] < 0.9
     assert all(-1.0 <= step["spearman"] <= 1.0 for step in result["cascading"])
+    draws = result["attributor"]["spearman_draws"]
+    assert len(draws) == 3 and len(set(draws)) == 3  # three different re-initializations
+    assert result["attributor"]["spearman"] == pytest.approx(sum(draws) / 3)
     assert len(result["cascading"]) == 2 and result["classifier"] == {
         k: result["cascading"][-1][k] for k in ("spearman", "ssim")
     }

@@ -120,6 +120,7 @@ def acceptance_summary(
         check = randomization_check(explainer.attributor, images)
         summary["randomization_spearman"] = {k: check[k]["spearman"] for k in ("attributor", "classifier")}
         summary["randomization_ssim"] = {k: check[k]["ssim"] for k in ("attributor", "classifier")}
+        summary["randomization_spearman_attributor_draws"] = check["attributor"]["spearman_draws"]
     return summary
 
 
