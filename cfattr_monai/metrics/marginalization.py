@@ -45,33 +45,31 @@ LESION_MARGIN = 2  # pixels: healthy-tissue holes keep this distance to a lesion
 def load_split(datalist: str | Path, split: str = "test") -> dict[str, torch.Tensor]:
     """Images (N, 1, H, W) in [0, 1] as the bundles load them, labels (N,), lesion and organ masks (N, 1, H, W) in {0, 1}.
 
+    The data contract allows items without masks: a missing ``lesion`` is an empty mask (no lesion ground truth, e.g.
+    Shenzhen/Montgomery) and a missing ``organ`` is the whole image (holes anywhere, A relative to the image area).
+
     Raises:
         FileNotFoundError: ``datalist`` does not exist.
-        ValueError: an item lacks ``lesion`` or ``organ`` (the protocol places holes with them).
     """
     datalist = Path(datalist)
     if not datalist.is_file():
         raise FileNotFoundError(f"load_split: datalist {datalist} not found; make the phantoms or prepare the data set.")
     items = load_decathlon_datalist(datalist, data_list_key=split, base_dir=datalist.parent)
-    missing = [i for i, item in enumerate(items) if "lesion" not in item or "organ" not in item]
-    if missing:
-        raise ValueError(
-            f"load_split: {len(missing)} '{split}' items of {datalist} have no 'lesion'/'organ' mask (first: "
-            f"{items[missing[0]]['image']}); the Fig. 1c protocol needs both to place the holes."
-        )
-    masks = ["lesion", "organ"]
-    load = Compose(
-        [
-            LoadImaged(["image", *masks], image_only=True),
-            EnsureChannelFirstd(["image", *masks]),
-            ScaleIntensityd("image"),
-            ScaleIntensityRanged(masks, a_min=0, a_max=255, b_min=0, b_max=1),
-        ]
-    )
-    loaded = [load(item) for item in items]
-    out = {key: torch.stack([torch.as_tensor(d[key]).float() for d in loaded]) for key in ["image", *masks]}
+    loaded = []
+    for item in items:
+        masks = [key for key in ("lesion", "organ") if item.get(key)]
+        steps = [LoadImaged(["image", *masks], image_only=True), EnsureChannelFirstd(["image", *masks]),
+                 ScaleIntensityd("image")]
+        if masks:
+            steps.append(ScaleIntensityRanged(masks, a_min=0, a_max=255, b_min=0, b_max=1))
+        data = Compose(steps)(item)
+        image = torch.as_tensor(data["image"]).float()
+        absent = {"lesion": torch.zeros_like(image), "organ": torch.ones_like(image)}
+        loaded.append({"image": image, **{k: torch.as_tensor(data[k]).float() if k in masks else absent[k]
+                                          for k in ("lesion", "organ")}, "label": int(item["label"])})
+    out = {key: torch.stack([d[key] for d in loaded]) for key in ("image", "lesion", "organ")}
     out["lesion"], out["organ"] = (out["lesion"] > 0.5).float(), (out["organ"] > 0.5).float()
-    out["label"] = torch.tensor([int(d["label"]) for d in loaded])
+    out["label"] = torch.tensor([d["label"] for d in loaded])
     return out
 
 
