@@ -14,6 +14,7 @@ from cfattr_monai.data.phantoms import write_phantom_dataset
 from cfattr_monai.explain.counterfactual import CounterfactualExplainer, load_explainer
 from cfattr_monai.networks.inpainter import PartialConvUNet
 from cfattr_monai.networks.mobilenet import MobileNetV1
+from cfattr_monai.report.evaluate import evaluate_attribution
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "attributor"
 SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "monai" / "meta_schema_20240725.json"
@@ -113,6 +114,20 @@ def test_train_then_inference_end_to_end(workspace, tmp_path):
     assert isinstance(explainer, CounterfactualExplainer)
     out = explainer(torch.rand(2, 1, SIZE, SIZE))
     assert out["map"].shape == out["mask"].shape == out["counterfactual"].shape == (2, 1, SIZE, SIZE)
+
+    # Table 1 evaluation, with lesion masks and (chest X-ray style) without any
+    lists = json.loads(Path(workspace["datalist"]).read_text())
+    positives = sum(item["label"] for item in lists["test"])
+    for items in lists.values():
+        for item in items:
+            item.pop("lesion")
+            item.update({k: str(Path(workspace["datalist"]).parent / item[k]) for k in ("image", "organ")})
+    unannotated = tmp_path / "no_lesions.json"
+    unannotated.write_text(json.dumps(lists))
+    for datalist, annotated in ((workspace["datalist"], True), (unannotated, False)):
+        fragment = evaluate_attribution(bundle, datalist, tmp_path / f"eval_{annotated}", area_reference="image")
+        assert fragment["lesion_ground_truth"] is annotated and fragment["n_lesion_images"] == positives
+        assert (fragment["ours"]["H"]["n"] > 0) is annotated and fragment["ours"]["A"]["n"] == positives
 
     # another classifier than the one trained with is refused
     other = _stand_in_bundle(tmp_path / "other_classifier", CLASSIFIER, MobileNetV1(width_mult=0.25))

@@ -136,3 +136,17 @@ def test_attributor_evaluate_config_calls_the_evaluation_and_the_report(repo_roo
     assert args == (str(tmp_path), f"{tmp_path}/../../data/phantoms/mammo_128/datalist.json", f"{tmp_path}/eval")
     assert kwargs["area_reference"] == "organ" and kwargs["split"] == "test" and kwargs["overlays"] == []
     assert calls["report"][1]["attribution"] == f"{tmp_path}/eval/attribution_metrics.json"
+
+
+def test_report_without_lesion_ground_truth(tmp_path):
+    """Chest X-ray: no lesion masks, so only A is defined (the paper's tuberculosis column)."""
+    maps, lesions, _ = synthetic_maps()
+    fragment, _ = localization_study(maps, torch.zeros_like(lesions), None)
+    assert fragment["ours"]["H"]["n"] == fragment["ours"]["L"]["n"] == 0 and fragment["ours"]["A"]["n"] == N
+    text = table1(fragment)
+    assert "| 50 | – | – | – | – | – | – |" in text
+    fragment.update(flip_rate=0.5, n_flagged=4, n_lesion_images=N, lesion_ground_truth=False)
+    report = write_report(tmp_path, attribution=fragment).read_text()
+    assert "No lesion ground truth" in report and "Pathological test images: 12" in report
+    failures = report.split("Where ours does not beat a baseline significantly: ")[1].splitlines()[0]
+    assert "H vs" not in failures and "L vs" not in failures

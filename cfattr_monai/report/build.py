@@ -41,8 +41,13 @@ def _attribution_section(attribution: Mapping | None, examples, out_dir: Path) -
         return lines + ["not available: run the attributor bundle's `configs/evaluate.json` first.", ""]
     n_flagged = attribution.get("n_flagged")
     theta = attribution.get("settings", {}).get("classification_threshold", 0.5)
+    annotated = attribution.get("lesion_ground_truth", True)
+    if not annotated:
+        lines += ["No lesion ground truth in this data set: H and L are not defined (–), A is; as in the paper's "
+                  "chest X-ray column.", ""]
     lines += [
-        f"Lesion test images: {attribution.get('n_lesion_images', attribution['ours']['H']['n'])}; "
+        f"{'Lesion' if annotated else 'Pathological'} test images: "
+        f"{attribution.get('n_lesion_images', attribution['ours']['H']['n'])}; "
         f"flagged by the classifier (p ≥ θ = {theta:.4g}, its operating point): {n_flagged}; "
         f"counterfactual flipped below θ "
         f"(flip rate): {attribution.get('flip_rate', float('nan')):.3f}.",
@@ -58,7 +63,7 @@ def _attribution_section(attribution: Mapping | None, examples, out_dir: Path) -
         for baseline, by_p in verdicts(attribution).items()
         for p, by_metric in by_p.items()
         for metric, v in by_metric.items()
-        if not v["significant"]
+        if not v["significant"] and attribution["ours"][metric]["n"] > 0
     ]
     lines += ["Where ours does not beat a baseline significantly: " + ("; ".join(failures) if failures else "nowhere."), ""]
     if examples is not None:

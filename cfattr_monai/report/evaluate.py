@@ -102,6 +102,9 @@ def evaluate_attribution(
 ) -> dict:
     """Run ours, Grad-CAM and saliency on the lesion images of ``split`` and write the Table 1 metrics.
 
+    Without any lesion mask in the split (chest X-ray data sets) every pathological image is evaluated and only A
+    and the flip rate are defined (H and L are NaN, n = 0), as in the paper's tuberculosis column.
+
     Args:
         attributor_bundle: the trained attributor bundle folder.
         datalist: MONAI datalist with ``lesion`` and ``organ`` masks (e.g. the demo phantoms).
@@ -118,7 +121,8 @@ def evaluate_attribution(
         "n_flagged", "settings"}`` also written to ``attribution_metrics.json``.
 
     Raises:
-        ValueError: ``area_reference`` is unknown, or the split has no lesion image.
+        ValueError: ``area_reference`` is unknown, or the split has no lesion image (no pathological image when the
+            data set has no lesion masks at all).
     """
     from cfattr_monai.explain.counterfactual import load_explainer, read_classification_threshold
     from cfattr_monai.metrics.marginalization import load_split
@@ -126,11 +130,14 @@ def evaluate_attribution(
     if area_reference not in ("organ", "image"):
         raise ValueError(f"evaluate_attribution: area_reference must be 'organ' or 'image', got {area_reference!r}.")
     data = load_split(datalist, split)
-    keep = (data["label"] == 1) & (data["lesion"].flatten(1).amax(dim=1) > 0)
+    annotated = data["lesion"].flatten(1).amax(dim=1) > 0
+    # a data set without any lesion mask (chest X-ray): every pathological image, A and the flip rate only (H and L
+    # are NaN), as in the paper's tuberculosis column of Table 1
+    keep = (data["label"] == 1) & (annotated if annotated.any() else True)
     if not keep.any():
         raise ValueError(
-            f"evaluate_attribution: no lesion image (label 1 with a non-empty lesion mask) in '{split}' of {datalist}; "
-            "Table 1 needs lesion ground truth."
+            f"evaluate_attribution: no pathological image{' with a lesion mask' if annotated.any() else ''} "
+            f"(label 1) in '{split}' of {datalist}; Table 1 needs them."
         )
     explainer = load_explainer(attributor_bundle, overlays, device=device)
     images, lesions, organs = data["image"][keep], data["lesion"][keep], data["organ"][keep]
@@ -144,6 +151,7 @@ def evaluate_attribution(
     fragment.update(
         flip_rate=float(flipped.sum() / flagged.sum()) if flagged.any() else float("nan"),
         n_lesion_images=int(keep.sum()),
+        lesion_ground_truth=bool(annotated.any()),
         n_flagged=int(flagged.sum()),
         settings={
             "attributor_bundle": str(attributor_bundle),

@@ -50,7 +50,8 @@ def save_attribution_grid(examples: Mapping[str, np.ndarray], path: str | Path) 
     for i in range(n):
         image = _display(examples["image"][i])
         axes[i, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
-        axes[i, 0].contour(_display(examples["lesion"][i]), levels=[0.5], colors="lime", linewidths=0.8)
+        if examples["lesion"][i].any():
+            axes[i, 0].contour(_display(examples["lesion"][i]), levels=[0.5], colors="lime", linewidths=0.8)
         for j, (key, _) in enumerate(COLUMNS, start=1):
             axes[i, j].imshow(image, cmap="gray", vmin=0, vmax=1)
             heat = np.clip(_display(examples[key][i]), 0, 1)
