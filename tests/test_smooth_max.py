@@ -72,13 +72,15 @@ def test_smooth_max_tends_to_rbf_dilation():
     [((64, 64), (0, 0)), ((64, 64), (0, 32)), ((128, 96), (127, 40)), ((96, 128), (50, 127))],
 )
 def test_border_keeps_the_map(size, edge_center):
-    """The map continues beyond the border: a blob on it keeps its peak, a constant map stays constant."""
+    """The window ends at the border: a blob on it keeps its peak, a constant map does not fall off towards it."""
     middle = map_into_compact(_blobs(size, [(size[0] // 2, size[1] // 2)], 4))
     edge = map_into_compact(_blobs(size, [edge_center], 4))
     assert float(edge.max()) == pytest.approx(float(middle.max()), abs=0.02)
-    for level in (0.02, 0.1, 0.5, 1.0):  # a constant map stays constant up to the border, weak or strong
-        flat = map_into_compact(torch.full((1, 1, *size), level))
-        assert float(flat.max() - flat.min()) < 1e-5 * level
+    for level in (0.02, 0.1, 0.5, 1.0):  # a constant map does not fall off towards the border, weak or strong
+        flat = map_into_compact(torch.full((1, 1, *size), level))[0, 0]
+        interior = float(flat[size[0] // 2, size[1] // 2])
+        border = torch.cat([flat[0], flat[-1], flat[:, 0], flat[:, -1]])
+        assert float(border.min()) >= interior - 1e-6 * level
 
 
 def test_empty_map_stays_empty():

@@ -235,9 +235,9 @@ def gaussian_rbf_smooth_max(mask: torch.Tensor, sigma: float, smoothing: float =
     ``Ω_u`` of radius ``⌈3σ⌉`` around ``u`` and the smooth maximum ``smax_β(x) = Σ_v x_v e^{β x_v} / Σ_v e^{β x_v}``
     (β = ``smoothing``). The smooth maximum lies between the window's weighted mean and its maximum, so for values in
     [0, 1] the output stays in [0, 1]; as β → ∞ it is the dilation of ``M`` by the RBF, which cannot split a
-    connected region. Beyond the image border ``M`` continues with its border values (replicate padding), so a
-    constant map stays constant up to the border; with zero padding a weak map (β·M small, where the smooth maximum
-    is close to a weighted mean) would fall off towards the border (measured: −40 % for M ≡ 0.02).
+    connected region. ``Ω_u`` ends at the image border: positions outside the image are not part of the window.
+    Zero padding instead would add zeros to the windows of border pixels, and a weak map (β·M small, where the
+    smooth maximum is close to a weighted mean) would fall off towards the border (measured: −40 % for M ≡ 0.02).
 
     Args:
         mask: ``(B, 1, H, W)`` map in [0, 1].
@@ -255,9 +255,10 @@ def gaussian_rbf_smooth_max(mask: torch.Tensor, sigma: float, smoothing: float =
     offsets = torch.arange(-radius, radius + 1, dtype=mask.dtype, device=mask.device)
     kernel = torch.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * sigma**2)).reshape(1, -1, 1)
     height, width = mask.shape[-2:]
-    extended = F.pad(mask, (radius,) * 4, mode="replicate")  # the map continues beyond the border
-    windows = F.unfold(extended, kernel_size=2 * radius + 1) * kernel  # (B, (2r+1)², H·W)
-    smooth_max = (torch.softmax(smoothing * windows, dim=1) * windows).sum(dim=1)
+    windows = F.unfold(mask, kernel_size=2 * radius + 1, padding=radius) * kernel  # (B, (2r+1)², H·W)
+    inside = F.unfold(torch.ones_like(mask[:1]), kernel_size=2 * radius + 1, padding=radius) > 0
+    logits = (smoothing * windows).masked_fill(~inside, float("-inf"))  # Ω_u ends at the image border
+    smooth_max = (torch.softmax(logits, dim=1) * windows).sum(dim=1)
     return smooth_max.reshape(mask.shape[0], 1, height, width)
 
 
