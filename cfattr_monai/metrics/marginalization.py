@@ -153,7 +153,8 @@ def marginalization_study(
         batch_size: images per forward pass.
 
     Returns:
-        JSON-ready dict: ``auc_none``, ``auc_healthy_<π>`` and ``auc_lesion_inpaint`` (each mean/std/runs),
+        JSON-ready dict: ``auc_none``, ``auc_healthy_<π>`` and ``auc_lesion_inpaint`` (each mean/std/runs; the
+        latter None when the split has no lesion mask),
         ``mean_abs_dp_healthy``, ``psnr``, ``ssim`` (π → value), ``roc`` (curves of the first run) and the settings.
 
     Raises:
@@ -172,6 +173,7 @@ def marginalization_study(
     psnr = {name: [] for name in marginalizers}
     ssim = {name: [] for name in marginalizers}
     auc_lesion, roc = [], {}
+    annotated = bool(data["lesion"].any())  # no lesion masks at all (chest X-ray): no (iii), as in the paper
     for run in range(n_runs):
         rng = np.random.default_rng([seed, run])
         torch.manual_seed(seed * 1000 + run)
@@ -185,6 +187,8 @@ def marginalization_study(
             ssim[name].append(float(hole_ssim(filled[healthy], data["image"][healthy], healthy_holes[healthy]).mean()))
             if run == 0 and name == "inpaint":
                 roc["healthy_inpaint"] = p
+        if not annotated:
+            continue
         lesion_holes = _holes(data, rng, hole_ratio, over_lesion=True)
         p_lesion = _probabilities(classifier, _marginalize(marginalizers["inpaint"], data["image"], lesion_holes, device, batch_size), device, batch_size)
         auc_lesion.append(auc(p_lesion))
@@ -194,7 +198,7 @@ def marginalization_study(
     return {
         "auc_none": _mean_std([auc(p_none)]),
         **{f"auc_healthy_{name}": _mean_std(values) for name, values in auc_healthy.items()},
-        "auc_lesion_inpaint": _mean_std(auc_lesion),
+        "auc_lesion_inpaint": _mean_std(auc_lesion) if annotated else None,
         "mean_abs_dp_healthy": {name: float(np.mean(v)) for name, v in abs_dp.items()},
         "psnr": {name: float(np.mean(v)) for name, v in psnr.items()},
         "ssim": {name: float(np.mean(v)) for name, v in ssim.items()},
@@ -214,6 +218,8 @@ def save_fig1c(results: Mapping, path: str | Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for key, auc_key, colour, label in styles:
         auc = results[auc_key]
+        if auc is None:  # no lesion masks: no lesion-inpainting curve
+            continue
         ax.plot(results["roc"][key]["fpr"], results["roc"][key]["tpr"], color=colour, lw=1.5, label=f"{label} (AUC {auc['mean']:.3f} ± {auc['std']:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title or "ROC, classifier vs. inpainting")

@@ -1,13 +1,16 @@
-"""Evaluation split loading: masks as the data contract allows them (present, or absent = empty lesion / whole organ)."""
+"""Fig. 1c study inputs and outputs: masks as the data contract allows them (absent = empty lesion / whole organ),
+and a data set without lesion masks (no lesion-inpainting AUC or curve)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
 from cfattr_monai.data.phantoms import write_phantom_dataset
-from cfattr_monai.metrics.marginalization import load_split
+from cfattr_monai.metrics.marginalization import load_split, marginalization_study, save_fig1c
+from cfattr_monai.transforms.marginalize import get_marginalizer
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +43,19 @@ def test_absent_masks_follow_the_data_contract(datalist, tmp_path, drop):
 def test_missing_datalist_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.json"):
         load_split(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize("annotated", [True, False])
+def test_lesion_inpainting_needs_lesion_masks(tmp_path, annotated):
+    torch.manual_seed(0)
+    images = torch.rand(8, 1, 16, 16)
+    lesion = torch.zeros_like(images)
+    if annotated:
+        lesion[4:, :, 4:8, 4:8] = 1.0
+    data = {"image": images, "lesion": lesion, "organ": torch.ones_like(images),
+            "label": torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])}
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 1)).eval()
+    results = marginalization_study(classifier, {"inpaint": get_marginalizer("mean")}, data, n_runs=2)
+    assert (results["auc_lesion_inpaint"] is not None) is annotated
+    assert ("lesion_inpaint" in results["roc"]) is annotated
+    assert save_fig1c(results, tmp_path / "fig.png").stat().st_size > 1000
