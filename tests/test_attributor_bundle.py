@@ -128,6 +128,7 @@ def test_train_then_inference_end_to_end(workspace, tmp_path):
         fragment = evaluate_attribution(bundle, datalist, tmp_path / f"eval_{annotated}", area_reference="image")
         assert fragment["lesion_ground_truth"] is annotated and fragment["n_lesion_images"] == positives
         assert (fragment["ours"]["H"]["n"] > 0) is annotated and fragment["ours"]["A"]["n"] == positives
+        assert fragment["settings"]["image_size"] == [SIZE, SIZE]  # the bundle's input size
 
     # another classifier than the one trained with is refused
     other = _stand_in_bundle(tmp_path / "other_classifier", CLASSIFIER, MobileNetV1(width_mult=0.25))

@@ -59,3 +59,13 @@ def test_lesion_inpainting_needs_lesion_masks(tmp_path, annotated):
     assert (results["auc_lesion_inpaint"] is not None) is annotated
     assert ("lesion_inpaint" in results["roc"]) is annotated
     assert save_fig1c(results, tmp_path / "fig.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("image_size", [None, (16, 16), (40, 24)])
+def test_split_is_resized_to_the_networks_input(datalist, image_size):
+    data = load_split(datalist, "test", image_size)
+    expected = (32, 32) if image_size is None else tuple(image_size)
+    assert tuple(data["image"].shape[-2:]) == tuple(data["lesion"].shape[-2:]) == tuple(data["organ"].shape[-2:]) == expected
+    for key in ("lesion", "organ"):
+        assert set(data[key].unique().tolist()) <= {0.0, 1.0}, key
+    assert 0.0 <= float(data["image"].min()) and float(data["image"].max()) <= 1.0

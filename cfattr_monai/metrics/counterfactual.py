@@ -21,38 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from monai.data import load_decathlon_datalist
-from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Resize, ScaleIntensity
 
+from cfattr_monai.metrics.marginalization import load_split
 from cfattr_monai.metrics.sanity import randomization_check
 from cfattr_monai.networks.classifier_output import pathology_probability
 from cfattr_monai.transforms.masks import map_into_compact
 
 __all__ = ["acceptance_summary"]
-
-
-def _load_split(datalist: str | Path, split: str, image_size: Sequence[int]) -> dict[str, torch.Tensor]:
-    items = load_decathlon_datalist(str(datalist), data_list_key=split, base_dir=os.path.dirname(str(datalist)))
-    read = Compose([LoadImage(image_only=True), EnsureChannelFirst()])
-    image_t = Compose([ScaleIntensity(0.0, 1.0), Resize(image_size, mode="area")])
-    mask_t = Resize(image_size, mode="nearest")
-
-    def mask(item: dict, key: str) -> torch.Tensor:
-        if not item.get(key):
-            return torch.zeros(1, *image_size)
-        return (mask_t(read(item[key])) > 0).float().as_tensor()
-
-    return {
-        "image": torch.stack([image_t(read(i["image"])).float().as_tensor() for i in items]),
-        "lesion": torch.stack([mask(i, "lesion") for i in items]),
-        "organ": torch.stack([mask(i, "organ") for i in items]),
-        "label": torch.tensor([int(i["label"]) for i in items]),
-    }
 
 
 @torch.no_grad()
@@ -80,7 +59,7 @@ def acceptance_summary(
         randomization_images: flagged lesion images used by the randomization sanity check (0: skip it).
         device: where the explainer runs.
     """
-    data = _load_split(datalist, split, image_size)
+    data = load_split(datalist, split, image_size)
     explainer = explainer.to(device).eval()
     outputs = [explainer(batch.to(device)) for batch in data["image"].split(batch_size)]
     out = {k: torch.cat([o[k].float().cpu() for o in outputs]) for k in ("mask", "p", "p_counterfactual")}

@@ -29,7 +29,7 @@ import torch
 from monai.data import load_decathlon_datalist
 from monai.metrics import compute_roc_auc
 from monai.metrics.regression import compute_ssim_and_cs
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityd, ScaleIntensityRanged
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityd, ScaleIntensityRanged
 from scipy.ndimage import binary_dilation
 
 from cfattr_monai.io.outputs import atomic_path, save_figure
@@ -42,11 +42,16 @@ __all__ = ["hole_psnr", "hole_ssim", "load_split", "marginalization_study", "roc
 LESION_MARGIN = 2  # pixels: healthy-tissue holes keep this distance to a lesion, lesion holes cover this much more
 
 
-def load_split(datalist: str | Path, split: str = "test") -> dict[str, torch.Tensor]:
+def load_split(
+    datalist: str | Path, split: str = "test", image_size: Sequence[int] | None = None
+) -> dict[str, torch.Tensor]:
     """Images (N, 1, H, W) in [0, 1] as the bundles load them, labels (N,), lesion and organ masks (N, 1, H, W) in {0, 1}.
 
     The data contract allows items without masks: a missing ``lesion`` is an empty mask (no lesion ground truth, e.g.
     Shenzhen/Montgomery) and a missing ``organ`` is the whole image (holes anywhere, A relative to the image area).
+    ``image_size`` (MONAI axis order) resizes as the classifier bundle does (bilinear, anti-aliased; masks nearest):
+    pass the networks' input size when the prepared images have another size (e.g. mini-MIAS prepared at 256²,
+    networks trained at 128²); None keeps the files' size.
 
     Raises:
         FileNotFoundError: ``datalist`` does not exist.
@@ -62,6 +67,10 @@ def load_split(datalist: str | Path, split: str = "test") -> dict[str, torch.Ten
                  ScaleIntensityd("image")]
         if masks:
             steps.append(ScaleIntensityRanged(masks, a_min=0, a_max=255, b_min=0, b_max=1))
+        if image_size is not None:
+            steps.append(Resized("image", image_size, mode="bilinear", anti_aliasing=True))
+            if masks:
+                steps.append(Resized(masks, image_size, mode="nearest"))
         data = Compose(steps)(item)
         image = torch.as_tensor(data["image"]).float()
         absent = {"lesion": torch.zeros_like(image), "organ": torch.ones_like(image)}
@@ -238,11 +247,16 @@ def write_study(
     hole_ratio: Sequence[float] = (0.02, 0.1),
     seed: int = 0,
     device: str | torch.device = "cpu",
+    image_size: Sequence[int] | None = None,
 ) -> dict:
-    """Load ``split`` of ``datalist``, run :func:`marginalization_study`, write ``marginalization.json`` and ``fig1c_roc.png``."""
+    """Load ``split`` of ``datalist`` (resized to ``image_size``, see :func:`load_split`), run
+    :func:`marginalization_study`, write ``marginalization.json`` and ``fig1c_roc.png``."""
     start = time.perf_counter()
-    results = marginalization_study(classifier, marginalizers, load_split(datalist, split), n_runs, tuple(hole_ratio), seed, device)
-    results["settings"].update(split=split, datalist=str(datalist), wall_time_s=round(time.perf_counter() - start, 1))
+    results = marginalization_study(classifier, marginalizers, load_split(datalist, split, image_size), n_runs, tuple(hole_ratio), seed, device)
+    results["settings"].update(
+        split=split, datalist=str(datalist), image_size=None if image_size is None else list(image_size),
+        wall_time_s=round(time.perf_counter() - start, 1),
+    )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(output_dir / "marginalization.json") as tmp:

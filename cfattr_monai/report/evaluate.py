@@ -99,6 +99,7 @@ def evaluate_attribution(
     batch_size: int = 8,
     examples: int = 4,
     device: str | torch.device = "cpu",
+    image_size: Sequence[int] | None = None,
 ) -> dict:
     """Run ours, Grad-CAM and saliency on the lesion images of ``split`` and write the Table 1 metrics.
 
@@ -115,6 +116,9 @@ def evaluate_attribution(
         batch_size: images per forward pass.
         examples: how many lesion images (the first ones of the split, a fixed set) are kept for the Fig. 3 grid.
         device: where the networks run.
+        image_size: input size of the networks (MONAI axis order); None: the bundle's ``image_size`` (its
+            ``configs/inference.json`` plus ``overlays``), so prepared images of another size are resized as in
+            training.
 
     Returns:
         The fragment ``{"ours", "gradcam", "saliency", "wilcoxon_p", "flip_rate", "n_lesion_images",
@@ -124,12 +128,17 @@ def evaluate_attribution(
         ValueError: ``area_reference`` is unknown, or the split has no lesion image (no pathological image when the
             data set has no lesion masks at all).
     """
+    from cfattr_monai.bundle import read_bundle_config
     from cfattr_monai.explain.counterfactual import load_explainer, read_classification_threshold
     from cfattr_monai.metrics.marginalization import load_split
 
     if area_reference not in ("organ", "image"):
         raise ValueError(f"evaluate_attribution: area_reference must be 'organ' or 'image', got {area_reference!r}.")
-    data = load_split(datalist, split)
+    if image_size is None:
+        image_size = read_bundle_config(attributor_bundle, overlays, caller="evaluate_attribution").get_parsed_content(
+            "image_size"
+        )
+    data = load_split(datalist, split, image_size)
     annotated = data["lesion"].flatten(1).amax(dim=1) > 0
     # a data set without any lesion mask (chest X-ray): every pathological image, A and the flip rate only (H and L
     # are NaN), as in the paper's tuberculosis column of Table 1
@@ -159,6 +168,7 @@ def evaluate_attribution(
             "datalist": str(datalist),
             "split": split,
             "area_reference": area_reference,
+            "image_size": list(image_size),
             "percentiles": list(PERCENTILES),
             "map_threshold": explainer.threshold,
             "classification_threshold": theta,
