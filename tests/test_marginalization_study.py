@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cfattr_monai.data.phantoms import write_phantom_dataset
-from cfattr_monai.metrics.marginalization import load_split, marginalization_study, save_fig1c
+from cfattr_monai.metrics.marginalization import load_split, marginalization_study, save_fig1c, write_study
 from cfattr_monai.transforms.marginalize import get_marginalizer
 
 
@@ -69,3 +69,18 @@ def test_split_is_resized_to_the_networks_input(datalist, image_size):
     for key in ("lesion", "organ"):
         assert set(data[key].unique().tolist()) <= {0.0, 1.0}, key
     assert 0.0 <= float(data["image"].min()) and float(data["image"].max()) <= 1.0
+
+
+def test_study_of_a_data_set_without_lesion_masks(datalist, tmp_path):
+    lists = json.loads(datalist.read_text())
+    for items in lists.values():
+        for item in items:
+            item.pop("lesion")
+            item.update({k: str(datalist.parent / item[k]) for k in ("image", "organ")})
+    unannotated = tmp_path / "datalist.json"
+    unannotated.write_text(json.dumps(lists))
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16, 1)).eval()
+    results = write_study(classifier, {"inpaint": get_marginalizer("mean")}, unannotated, tmp_path / "out",
+                          split="training", n_runs=1, image_size=(16, 16))
+    assert results["auc_lesion_inpaint"] is None and results["settings"]["image_size"] == [16, 16]
+    assert (tmp_path / "out" / "marginalization.json").is_file() and (tmp_path / "out" / "fig1c_roc.png").is_file()

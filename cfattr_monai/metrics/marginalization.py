@@ -262,6 +262,6 @@ def write_study(
     with atomic_path(output_dir / "marginalization.json") as tmp:
         tmp.write_text(json.dumps(results, indent=1))
     save_fig1c(results, output_dir / "fig1c_roc.png")
-    summary = {k: (v["mean"] if k.startswith("auc_") else v) for k, v in results.items() if k != "roc"}
+    summary = {k: (v["mean"] if k.startswith("auc_") and v else v) for k, v in results.items() if k != "roc"}
     print(json.dumps(summary, indent=1))
     return results
