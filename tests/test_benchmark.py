@@ -38,6 +38,8 @@ def test_tiny_run_writes_the_documented_json(benchmark, tmp_path, capsys):
                                      "ours_vs_iterative", "ours_vs_forward"}
     assert result["ratios"]["ours_vs_gradcam"] == pytest.approx(rates["ours"] / rates["gradcam"])
     assert result["iterative"]["runs"][0]["iterations"] <= 2
+    flops = result["gflops_per_image"]  # the attributor runs the classifier's features plus its decoder
+    assert 0 < flops["classifier_forward"] < flops["ours"]
     assert "| ours |" in capsys.readouterr().out
     assert not list(tmp_path.glob("*.tmp"))
 
