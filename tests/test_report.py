@@ -145,7 +145,10 @@ def test_report_without_lesion_ground_truth(tmp_path):
     assert fragment["ours"]["H"]["n"] == fragment["ours"]["L"]["n"] == 0 and fragment["ours"]["A"]["n"] == N
     text = table1(fragment)
     assert "| 50 | – | – | – | – | – | – |" in text
-    fragment.update(flip_rate=0.5, n_flagged=4, n_lesion_images=N, lesion_ground_truth=False)
+    assert "A = |M̂| / |organ|" in text
+    fragment.update(flip_rate=0.5, n_flagged=4, n_lesion_images=N, lesion_ground_truth=False,
+                    settings={"area_reference": "image"})
+    assert "A = |M̂| / |image|" in table1(fragment)
     report = write_report(tmp_path, attribution=fragment).read_text()
     assert "No lesion ground truth" in report and "Pathological test images: 12" in report
     failures = report.split("Where ours does not beat a baseline significantly: ")[1].splitlines()[0]

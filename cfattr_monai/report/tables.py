@@ -63,7 +63,8 @@ def table1(fragment: Mapping, baselines: Sequence[str] = ("gradcam", "saliency")
                    + " | ".join(lo) + " |")
     bottom = [
         "",
-        "Area ratio A = |M̂| / |organ| (lower is better)",
+        f"Area ratio A = |M̂| / |{'image' if fragment.get('settings', {}).get('area_reference') == 'image' else 'organ'}|"
+        " (lower is better)",
         "",
         "| P | A ours | " + " | ".join(f"A {x}" for x in names) + " |",
         "|---" * (2 + len(names)) + "|",
