@@ -5,8 +5,8 @@ randomizations of the attributor of :mod:`cfattr_monai.networks.attribution`:
 
 * **attributor re-initialization**: the attribution network's trainable weights are drawn again from their
   random-normal initialization (the classifier is kept), ``draws`` times with seeds 0, 1, …; the similarity is the
-  mean over the draws (one draw is a noisy estimate: on the demo attributor ρ ranged from −0.08 to 0.46 over ten
-  draws), and the per-draw values are reported beside it;
+  mean over the draws (one draw is a noisy estimate, see the attributor bundle's README), and the per-draw values
+  are reported beside it;
 * **cascading classifier randomization**: the explained classifier's layers are re-initialized one after the other,
   from the output layer down to the first convolution (cumulatively), while the attribution network keeps its
   trained weights; the maps are compared after each step.
