@@ -249,13 +249,13 @@ class CounterfactualLoss(nn.Module):
         self.psi_logistic = {"shift": 0.0, "growth": 0.3, **(psi_logistic or {})}
         self.tv_logistic = {"growth": 10.0, **(tv_logistic or {})}
 
-    def counterfactual(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """π(M) for training: ``(1 − M)⊙I + M⊙F`` with the what-if fill (or the marginalizer's own π)."""
+    def counterfactual(self, image: torch.Tensor, mask: torch.Tensor, blend: torch.Tensor) -> torch.Tensor:
+        """π(M) for training: ``(1 − B)⊙I + B⊙F`` with ``blend`` B = :meth:`blend` (M) and the what-if fill F (or
+        the marginalizer's own π)."""
         if self.what_if_block is None:
             return self.marginalizer(image, mask)
         block = max(1, round(self.what_if_block * min(image.shape[-2:])))
         hole = (mask > self.marginalizer.threshold).to(image.dtype).detach()
-        blend = self.blend(mask)
         return (1 - blend) * image + blend * what_if_fill(self.marginalizer.fill, image, hole, block)
 
     def blend(self, mask: torch.Tensor) -> torch.Tensor:
@@ -279,8 +279,9 @@ class CounterfactualLoss(nn.Module):
         image = target[:, :1]
         with torch.no_grad():
             image_logit = pathology_logit(self.classifier(image))
-        counterfactual_logit = pathology_logit(self.classifier(self.counterfactual(image, mask)))
-        relative_area = area(self.blend(mask))
+        blend = self.blend(mask)  # what π and d see, computed once per step
+        counterfactual_logit = pathology_logit(self.classifier(self.counterfactual(image, mask, blend)))
+        relative_area = area(blend)
         if self.delta_of == "organ":
             relative_area = relative_area / area(target[:, 1:]).clamp_min(1e-6)
         flagged = (torch.sigmoid(image_logit) >= self.threshold).to(mask.dtype)
