@@ -60,22 +60,26 @@ def load_split(
     if not datalist.is_file():
         raise FileNotFoundError(f"load_split: datalist {datalist} not found; make the phantoms or prepare the data set.")
     items = load_decathlon_datalist(datalist, data_list_key=split, base_dir=datalist.parent)
+    keys, masks = ["image", "lesion", "organ"], ["lesion", "organ"]
+    steps = [
+        LoadImaged(keys, image_only=True, allow_missing_keys=True),
+        EnsureChannelFirstd(keys, allow_missing_keys=True),
+        ScaleIntensityd("image"),
+        ScaleIntensityRanged(masks, a_min=0, a_max=255, b_min=0, b_max=1, allow_missing_keys=True),
+    ]
+    if image_size is not None:
+        steps += [
+            Resized("image", image_size, mode="bilinear", anti_aliasing=True),
+            Resized(masks, image_size, mode="nearest", allow_missing_keys=True),
+        ]
+    load = Compose(steps)
     loaded = []
     for item in items:
-        masks = [key for key in ("lesion", "organ") if item.get(key)]
-        steps = [LoadImaged(["image", *masks], image_only=True), EnsureChannelFirstd(["image", *masks]),
-                 ScaleIntensityd("image")]
-        if masks:
-            steps.append(ScaleIntensityRanged(masks, a_min=0, a_max=255, b_min=0, b_max=1))
-        if image_size is not None:
-            steps.append(Resized("image", image_size, mode="bilinear", anti_aliasing=True))
-            if masks:
-                steps.append(Resized(masks, image_size, mode="nearest"))
-        data = Compose(steps)(item)
+        data = load({key: value for key, value in item.items() if key not in masks or value})  # "" / None: absent
         image = torch.as_tensor(data["image"]).float()
         absent = {"lesion": torch.zeros_like(image), "organ": torch.ones_like(image)}
-        loaded.append({"image": image, **{k: torch.as_tensor(data[k]).float() if k in masks else absent[k]
-                                          for k in ("lesion", "organ")}, "label": int(item["label"])})
+        loaded.append({"image": image, "label": int(item["label"]),
+                       **{k: torch.as_tensor(data[k]).float() if k in data else absent[k] for k in masks}})
     out = {key: torch.stack([d[key] for d in loaded]) for key in ("image", "lesion", "organ")}
     out["lesion"], out["organ"] = (out["lesion"] > 0.5).float(), (out["organ"] > 0.5).float()
     out["label"] = torch.tensor([d["label"] for d in loaded])
