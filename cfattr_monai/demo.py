@@ -51,6 +51,7 @@ def collect_metrics(out_dir: Path, bundles_dir: Path = BUNDLES_DIR) -> dict:
             "auc_healthy_inpaint": auc("auc_healthy_inpaint"),
             "auc_lesion_inpaint": auc("auc_lesion_inpaint"),
             "mean_abs_dp_healthy": marginalization.get("mean_abs_dp_healthy"),
+            "sensitivity_floor": marginalization.get("sensitivity_floor"),
         },
         "attribution": {key: attribution.get(key) for key in ("ours", "gradcam", "saliency", "wilcoxon_p", "flip_rate")},
         "timing": _read(out_dir / "timing.json"),

@@ -4,6 +4,7 @@ and a data set without lesion masks (no lesion-inpainting AUC or curve)."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -84,3 +85,42 @@ def test_study_of_a_data_set_without_lesion_masks(datalist, tmp_path):
                           split="training", n_runs=1, image_size=(16, 16))
     assert results["auc_lesion_inpaint"] is None and results["settings"]["image_size"] == [16, 16]
     assert (tmp_path / "out" / "marginalization.json").is_file() and (tmp_path / "out" / "fig1c_roc.png").is_file()
+
+
+def _study_data(n: int = 8, size: int = 16) -> dict:
+    torch.manual_seed(0)
+    images = torch.rand(n, 1, size, size)
+    return {"image": images, "lesion": torch.zeros_like(images), "organ": torch.ones_like(images),
+            "label": torch.arange(n) % 2}
+
+
+class _MeanIntensity(torch.nn.Module):
+    """p(c|I) = σ(gain · (mean(I) − 0.5)): moves with any change of the pixels, more for a larger gain."""
+
+    def __init__(self, gain: float) -> None:
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.gain * (images.flatten(1).mean(1, keepdim=True) - 0.5)
+
+
+@pytest.mark.parametrize(
+    "gain, std, floor_zero",
+    [(0.0, 0.01, True), (1000.0, 0.01, False), (1000.0, 0.05, False)],
+)
+def test_sensitivity_floor(gain, std, floor_zero):
+    marginalizers = {"inpaint": get_marginalizer("mean")}
+    floor = marginalization_study(_MeanIntensity(gain), marginalizers, _study_data(), n_runs=2, floor_noise_std=std)[
+        "sensitivity_floor"
+    ]
+    assert floor["noise_std"] == std
+    assert (floor["mean_abs_dp_healthy"] == 0.0) is floor_zero
+    # the noise only touches the hole and has the asked σ: PSNR ≈ 20·log10(1 / σ) (clipping at 0 and 1 lowers σ)
+    assert -20 * math.log10(std) - 0.5 <= floor["psnr"] <= -20 * math.log10(std) + 3
+
+
+@pytest.mark.parametrize("std", [0.0, -0.01])
+def test_sensitivity_floor_needs_noise(std):
+    with pytest.raises(ValueError, match="floor_noise_std"):
+        marginalization_study(_MeanIntensity(1.0), {"inpaint": get_marginalizer("mean")}, _study_data(), n_runs=1, floor_noise_std=std)

@@ -14,7 +14,11 @@ holes are also filled by blur, noise and the mean:
 * ``mean_abs_dp_healthy[π]`` = mean over runs and healthy images of ``|p(c|π(I)) − p(c|I)|`` — lower is better:
   a fill that leaves healthy images healthy does not move the score;
 * ``psnr[π]``, ``ssim[π]``: PSNR and SSIM (``monai.metrics``) inside the hole against the original pixels, on the
-  healthy test images — higher is better.
+  healthy test images — higher is better;
+* ``sensitivity_floor``: the same two figures for the *original* pixels plus Gaussian noise N(0, σ²) in the same
+  holes (σ = ``floor_noise_std``, 0.01 by default: 40 dB). It is not a marginalizer but the classifier's own
+  sensitivity: a fill that keeps every pixel within 1 % of the truth still moves p(c|·) by this much, so no
+  marginalizer's |Δp| can be expected to go far below it.
 """
 
 from __future__ import annotations
@@ -152,6 +156,7 @@ def marginalization_study(
     seed: int = 0,
     device: str | torch.device = "cpu",
     batch_size: int = 32,
+    floor_noise_std: float = 0.01,
 ) -> dict:
     """Run the protocol of the module docstring; ``marginalizers`` must contain ``"inpaint"``.
 
@@ -164,17 +169,22 @@ def marginalization_study(
         seed: run ``r`` draws its holes from ``np.random.default_rng([seed, r])``; noise uses ``torch.manual_seed``.
         device: where the networks run.
         batch_size: images per forward pass.
+        floor_noise_std: σ of the noise added to the original pixels for ``sensitivity_floor`` (module doc).
 
     Returns:
         JSON-ready dict: ``auc_none``, ``auc_healthy_<π>`` and ``auc_lesion_inpaint`` (each mean/std/runs; the
         latter None when the split has no lesion mask),
-        ``mean_abs_dp_healthy``, ``psnr``, ``ssim`` (π → value), ``roc`` (curves of the first run) and the settings.
+        ``mean_abs_dp_healthy``, ``psnr``, ``ssim`` (π → value), ``sensitivity_floor`` (``noise_std``,
+        ``mean_abs_dp_healthy``, ``psnr``), ``roc`` (curves of the first run) and the settings.
 
     Raises:
-        ValueError: no ``inpaint`` marginalizer, or the split lacks healthy or pathological images.
+        ValueError: no ``inpaint`` marginalizer, the split lacks healthy or pathological images, or
+            ``floor_noise_std`` ≤ 0.
     """
     if "inpaint" not in marginalizers:
         raise ValueError(f"marginalization_study: marginalizers must include 'inpaint', got {sorted(marginalizers)}.")
+    if not floor_noise_std > 0:
+        raise ValueError(f"marginalization_study: floor_noise_std must be > 0 (the noise σ of the sensitivity floor), got {floor_noise_std}.")
     labels = data["label"]
     healthy = labels == 0
     if healthy.all() or not healthy.any():
@@ -185,7 +195,7 @@ def marginalization_study(
     abs_dp = {name: [] for name in marginalizers}
     psnr = {name: [] for name in marginalizers}
     ssim = {name: [] for name in marginalizers}
-    auc_lesion, roc = [], {}
+    auc_lesion, roc, floor_dp, floor_psnr = [], {}, [], []
     annotated = bool(data["lesion"].any())  # no lesion masks at all (chest X-ray): no (iii), as in the paper
     for run in range(n_runs):
         rng = np.random.default_rng([seed, run])
@@ -200,6 +210,9 @@ def marginalization_study(
             ssim[name].append(float(hole_ssim(filled[healthy], data["image"][healthy], healthy_holes[healthy]).mean()))
             if run == 0 and name == "inpaint":
                 roc["healthy_inpaint"] = p
+        noisy = (data["image"] + healthy_holes * floor_noise_std * torch.randn_like(data["image"])).clamp(0.0, 1.0)
+        floor_dp.append(float((_probabilities(classifier, noisy, device, batch_size) - p_none)[healthy].abs().mean()))
+        floor_psnr.append(float(hole_psnr(noisy[healthy], data["image"][healthy], healthy_holes[healthy]).mean()))
         if not annotated:
             continue
         lesion_holes = _holes(data, rng, hole_ratio, over_lesion=True)
@@ -215,6 +228,7 @@ def marginalization_study(
         "mean_abs_dp_healthy": {name: float(np.mean(v)) for name, v in abs_dp.items()},
         "psnr": {name: float(np.mean(v)) for name, v in psnr.items()},
         "ssim": {name: float(np.mean(v)) for name, v in ssim.items()},
+        "sensitivity_floor": {"noise_std": floor_noise_std, "mean_abs_dp_healthy": float(np.mean(floor_dp)), "psnr": float(np.mean(floor_psnr))},
         "roc": {key: dict(zip(("fpr", "tpr"), map(np.ndarray.tolist, roc_curve(labels.numpy(), p.numpy())))) for key, p in roc.items()},
         "settings": {"n_runs": n_runs, "hole_ratio": list(hole_ratio), "seed": seed, "n_images": len(labels), "n_healthy": int(healthy.sum())},
     }

@@ -99,6 +99,14 @@ def _marginalization_section(marginalization: Mapping | None, out_dir: Path) -> 
             "| " + " | ".join(f"{v:.4f}" for v in dp.values()) + " |",
             "",
         ]
+    floor = marginalization.get("sensitivity_floor")
+    if isinstance(floor, Mapping):
+        lines += [
+            f"Sensitivity floor: the original pixels plus N(0, {floor['noise_std']:g}²) noise in the same holes "
+            f"(hole PSNR {floor['psnr']:.1f} dB) already move p(c) by {floor['mean_abs_dp_healthy']:.4f} on average; "
+            "no fill can be expected to stay far below this.",
+            "",
+        ]
     if "roc" in marginalization:
         figure = save_roc_figure(marginalization, out_dir / "fig1c_roc.png")
         lines += [f"![Fig. 1c: ROC curves]({figure.name})", ""]
