@@ -12,6 +12,9 @@ lesion mapped into S): an upper bound of what any map can achieve with this clas
 For all images: the mean map area of healthy (label 0) vs lesion (label 1) images, and their ratio (lower is better,
 target < 1/3). Lesion masks are used here only, never in training.
 
+Randomization sanity check (:mod:`cfattr_monai.metrics.sanity`, target ρ < 0.2) on up to 16 flagged lesion images:
+``randomization_spearman`` over the whole image, ``randomization_spearman_organ`` over the organ only.
+
 Command line (prints JSON)::
 
     python -m cfattr_monai.metrics.counterfactual bundles/attributor --split test
@@ -96,8 +99,10 @@ def acceptance_summary(
         summary["healthy_to_lesion_area"] = summary["mean_area_healthy_images"] / summary["mean_area_lesion_images"]
     if randomization_images and bool(flagged.any()):
         images = data["image"][flagged][:randomization_images].to(device)
-        check = randomization_check(explainer.attributor, images)
+        organs = data["organ"][flagged][:randomization_images].to(device)
+        check = randomization_check(explainer.attributor, images, region=organs)
         summary["randomization_spearman"] = {k: check[k]["spearman"] for k in ("attributor", "classifier")}
+        summary["randomization_spearman_organ"] = {k: check[k]["spearman_region"] for k in ("attributor", "classifier")}
         summary["randomization_ssim"] = {k: check[k]["ssim"] for k in ("attributor", "classifier")}
         summary["randomization_spearman_attributor_draws"] = check["attributor"]["spearman_draws"]
     return summary
