@@ -118,6 +118,23 @@ def test_acceptance_summary_on_tiny_phantoms(tmp_path):
         assert key in summary
 
 
+def test_acceptance_summary_runs_the_randomization_check_in_and_outside_the_organ(tmp_path):
+    from cfattr_monai.networks.attribution import AttentionGatedUNet
+    from cfattr_monai.networks.mobilenet import MobileNetV1
+    from cfattr_monai.transforms.marginalize import get_marginalizer
+
+    torch.manual_seed(0)
+    datalist = write_phantom_dataset(tmp_path / "phantoms", kind="mammo", n=10, size=32, seed=0)
+    classifier = MobileNetV1(width_mult=0.25).eval()
+    explainer = CounterfactualExplainer(AttentionGatedUNet(classifier), classifier, get_marginalizer("mean"))
+    summary = acceptance_summary(explainer, datalist, "training", (32, 32), threshold=1e-6, randomization_images=2)
+    assert summary["flagged_lesion_images"] > 0
+    for key in ("randomization_spearman", "randomization_spearman_organ"):
+        assert set(summary[key]) == {"attributor", "classifier"}
+        assert all(-1.0 <= value <= 1.0 for value in summary[key].values()), key
+    assert summary["randomization_spearman_organ"] != summary["randomization_spearman"]
+
+
 @pytest.mark.parametrize("theta,expected", [(0.93, 0.93), (None, 0.5)])
 def test_fingerprint_records_the_operating_threshold(tmp_path, theta, expected):
     from cfattr_monai.explain.counterfactual import read_classification_threshold, write_classifier_fingerprint
