@@ -2,7 +2,7 @@
 """Attribution maps per second: ours vs Grad-CAM, saliency and the iterative method (paper §4 "Timing").
 
 One process, one classifier, the same input batch for every method; warm-up calls are excluded and each timing is
-the median of ``--repeats`` calls. Measured, each as maps per second:
+the median of ``--repeats`` rounds that call every method in turn. Measured, each as maps per second:
 
 ===========================  ===================================================================================
 ``ours``                     the attribution network's map (one forward pass under ``torch.inference_mode``)
@@ -96,23 +96,30 @@ def phantom_batch(kind: str, size: tuple[int, int], batch: int, seed: int = 0) -
     return F.interpolate(torch.from_numpy(np.stack(images))[:, None], size=size, mode="bilinear", align_corners=False)
 
 
-def seconds_per_call(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    """Median wall time and median process CPU time of ``fn()`` over ``repeats`` calls after ``warmup`` calls.
+def seconds_per_call(
+    calls: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, tuple[float, float]]:
+    """Median wall time and median process CPU time of each ``calls[name]()`` over ``repeats`` rounds.
 
-    The CPU time (all threads of this process) is the steadier measure of work on a machine shared with other jobs.
+    Every round calls every method once, in turn (after ``warmup`` such rounds), so a slow phase of a shared machine
+    lands on all methods alike instead of on whichever ran then. The CPU time (all threads of this process) is the
+    steadier measure of work on a machine shared with other jobs.
     """
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
-        fn()
+        for fn in calls.values():
+            fn()
     synchronize()
-    wall, cpu = [], []
+    wall = {name: [] for name in calls}
+    cpu = {name: [] for name in calls}
     for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        synchronize()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
+        for name, fn in calls.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            synchronize()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in calls}
 
 
 def device_name(device: torch.device) -> str:
@@ -181,7 +188,7 @@ def run(args: argparse.Namespace) -> dict:
     gflops = {"ours": gflops_per_image(lambda: attributor(images)),
               "classifier_forward": gflops_per_image(lambda: classifier(images))}
     warmup = args.warmup + (2 if args.compile else 0)
-    timings = {name: seconds_per_call(fn, args.repeats, warmup, device) for name, fn in calls.items()}
+    timings = seconds_per_call(calls, args.repeats, warmup, device)
     seconds = {name: wall for name, (wall, _) in timings.items()}
     cpu_seconds = {name: cpu for name, (_, cpu) in timings.items()}
     maps_per_s = {name: args.batch / s for name, s in seconds.items()}

@@ -80,3 +80,12 @@ def test_bad_checkpoints_name_the_option(benchmark, tmp_path, extra, error, matc
 def test_bad_arguments_exit_with_usage(benchmark, argv):
     with pytest.raises(SystemExit):
         benchmark.parse_args(argv)
+
+
+@pytest.mark.parametrize("repeats, warmup", [(1, 0), (3, 1), (2, 2)])
+def test_methods_are_timed_in_interleaved_rounds(benchmark, repeats, warmup):
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ("ours", "gradcam", "forward")}
+    timings = benchmark.seconds_per_call(calls, repeats, warmup, torch.device("cpu"))
+    assert "".join(name[0] for name in order) == "ogf" * (repeats + warmup)
+    assert set(timings) == set(calls) and all(wall >= 0 and cpu >= 0 for wall, cpu in timings.values())
