@@ -8,7 +8,6 @@ network; it gets both through :func:`load_network` instead of copying their conf
 from __future__ import annotations
 
 import hashlib
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
-__all__ = ["fingerprint", "load_network", "load_weights"]
+__all__ = ["fingerprint", "load_network", "load_weights", "read_state_dict"]
 
 _SHOWN_KEYS = 5
 
@@ -113,18 +112,40 @@ def load_weights(network: nn.Module, ckpt_path: str | Path, config_files: Sequen
             f"checkpoint {ckpt_path} not found; train the bundle first (cd {bundle_dir} && python -m monai.bundle "
             "run --config_file configs/train.json) or point to an existing checkpoint."
         )
-    try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise ValueError(
-            f"{ckpt_path} is not a checkpoint torch.load can read with weights_only=True "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:80]}): the file is corrupt, truncated, or holds "
-            "Python objects besides tensors. Re-train or re-copy the bundle's models/model.pt; do not load it with "
-            "weights_only=False unless you trust its source (unpickling runs arbitrary code)."
-        ) from err
+    state = read_state_dict(ckpt_path)
     _check_state_dict(state, network, ckpt_path, config_files)
     network.load_state_dict(state)
     return network
+
+
+def read_state_dict(ckpt_path: str | Path) -> object:
+    """``torch.load(ckpt_path, weights_only=True)`` on the CPU, or a ValueError that names the file and the fix.
+
+    Whatever torch raises on a corrupt, truncated, empty or non-checkpoint file becomes that ValueError; a tensor
+    with NaN or Inf values (weights of a diverged training) is refused too.
+
+    Raises:
+        ValueError: the file cannot be read weights-only, or holds non-finite tensors.
+    """
+    ckpt_path = Path(ckpt_path)
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError (zip), EOFError (empty), KeyError (text), …
+        reason = (str(err).strip().splitlines() or ["no message"])[0][:80]
+        raise ValueError(
+            f"{ckpt_path} is not a checkpoint torch.load can read with weights_only=True ({type(err).__name__}: "
+            f"{reason}): the file is empty, corrupt, truncated, or holds Python objects besides tensors. Re-train or "
+            "re-copy the bundle's models/model.pt; do not load it with weights_only=False unless you trust its source "
+            "(unpickling runs arbitrary code)."
+        ) from err
+    if isinstance(state, Mapping):
+        broken = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
+        if broken:
+            raise ValueError(
+                f"{ckpt_path}: {len(broken)} tensor(s) hold NaN or Inf ({', '.join(map(str, broken[:_SHOWN_KEYS]))}): "
+                "the training that wrote it diverged; re-train, or take an earlier models/checkpoint*.pt."
+            )
+    return state
 
 
 def _check_state_dict(state: object, network: nn.Module, ckpt_path: Path, config_files: Sequence[Path]) -> None:

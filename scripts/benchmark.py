@@ -43,6 +43,7 @@ from monai.networks.nets import DenseNet121
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from cfattr_monai.bundle import read_state_dict
 from cfattr_monai.data.phantoms import generate_phantom
 from cfattr_monai.explain.baselines import GradCAMBaseline, IterativeCounterfactual, SaliencyBaseline, saliency_batched
 from cfattr_monai.explain.counterfactual import CounterfactualExplainer
@@ -73,7 +74,10 @@ def load_weights(network: nn.Module, path: str | None, option: str, ignore_prefi
         return "random"
     if not Path(path).is_file():
         raise FileNotFoundError(f"{option}: checkpoint {path} not found; pass the bundle's models/model.pt.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = read_state_dict(path)
+    except ValueError as error:
+        raise ValueError(f"{option}: {error}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{option}: {path} holds a {type(state).__name__}, expected a state dict.")
     hint = "check --backbone, --width-mult and --inpainter-levels against the bundle's config"

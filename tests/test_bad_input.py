@@ -325,6 +325,17 @@ def _retrained_classifier(root: Path) -> None:
                root / "classifier" / "models" / "model.pt")
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _nan_weights(root: Path) -> None:
+    state = torch.load(root / "classifier" / "models" / "model.pt", weights_only=True)
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = state[first].clone().fill_(float("nan"))
+    torch.save(state, root / "classifier" / "models" / "model.pt")
+
+
 CLI_BUNDLE_CASES = [  # (id, break(bundles root), stderr fragments)
     ("classifier-checkpoint-for-another-backbone", _other_backbone,
      ["classifier/models/model.pt was saved from another network than MobileNetV1", "shape mismatch",
@@ -335,6 +346,14 @@ CLI_BUNDLE_CASES = [  # (id, break(bundles root), stderr fragments)
     ("checkpoint-is-not-a-torch-file", lambda r: (r / "inpainter/models/model.pt").write_bytes(b"not a checkpoint"),
      ["inpainter/models/model.pt is not a checkpoint torch.load can read with weights_only=True",
       "do not load it with weights_only=False"]),
+    ("checkpoint-is-empty", lambda r: (r / "classifier/models/model.pt").write_bytes(b""),
+     ["classifier/models/model.pt is not a checkpoint torch.load can read", "EOFError", "empty"]),
+    ("checkpoint-is-a-text-file", lambda r: (r / "classifier/models/model.pt").write_text("hello world\n"),
+     ["classifier/models/model.pt is not a checkpoint torch.load can read", "Re-train or re-copy"]),
+    ("checkpoint-is-truncated", lambda r: _truncate(r / "inpainter/models/model.pt"),
+     ["inpainter/models/model.pt is not a checkpoint torch.load can read", "truncated"]),
+    ("checkpoint-holds-nan", _nan_weights,
+     ["classifier/models/model.pt: 1 tensor(s) hold NaN or Inf", "diverged"]),
     ("missing-inpainter", lambda r: shutil.rmtree(r / "inpainter" / "models"),
      ["inpainter/models/model.pt not found", "train the bundle first"]),
     ("attributor-checkpoint-is-not-a-state-dict",
@@ -347,6 +366,10 @@ CLI_BUNDLE_CASES = [  # (id, break(bundles root), stderr fragments)
      ["differ from those the attributor was trained with", "retrain the attributor"]),
     ("attributor-without-fingerprint", lambda r: (r / "attributor/models/classifier_fingerprint.json").unlink(),
      ["classifier_fingerprint.json not found", "train the attributor bundle"]),
+    ("fingerprint-is-not-json", lambda r: (r / "attributor/models/classifier_fingerprint.json").write_text("{"),
+     ["classifier_fingerprint.json is not the JSON", "retrain the attributor"]),
+    ("fingerprint-without-sha256", lambda r: (r / "attributor/models/classifier_fingerprint.json").write_text("{}"),
+     ["classifier_fingerprint.json is not the JSON", "sha256"]),
 ]
 
 

@@ -102,10 +102,24 @@ def write_classifier_fingerprint(
     return path
 
 
+def _read_fingerprint_file(path: Path) -> dict:
+    """The record :func:`write_classifier_fingerprint` wrote, or a ValueError naming the file and the fix."""
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+            raise ValueError("no 'sha256' string")
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(
+            f"{path} is not the JSON {{\"sha256\": …, \"classification_threshold\": …}} that attributor training "
+            f"writes ({err}); retrain the attributor, or copy the file from the bundle that trained models/model.pt."
+        ) from None
+    return record
+
+
 def read_classification_threshold(ckpt_dir: str | Path, default: float = 0.5) -> float:
     """θ recorded by :func:`write_classifier_fingerprint` in ``ckpt_dir``, or ``default`` when none was recorded."""
     path = Path(ckpt_dir) / FINGERPRINT_FILE
-    value = json.loads(path.read_text()).get("classification_threshold") if path.is_file() else None
+    value = _read_fingerprint_file(path).get("classification_threshold") if path.is_file() else None
     return default if value is None else float(value)
 
 
@@ -122,7 +136,7 @@ def check_classifier_fingerprint(classifier: nn.Module, ckpt_dir: str | Path) ->
             f"{path} not found: cannot check that the classifier matches the trained attributor; train the "
             "attributor bundle (it writes this file) or copy the file next to models/model.pt."
         )
-    expected = json.loads(path.read_text())["sha256"]
+    expected = _read_fingerprint_file(path)["sha256"]
     found = fingerprint(classifier)
     if found != expected:
         raise ValueError(
