@@ -28,7 +28,7 @@ from test_dicom_io import write_dicom
 
 from cfattr_monai.bundle import load_network
 from cfattr_monai.cli import main
-from cfattr_monai.data.validate import DatalistError, check_datalist
+from cfattr_monai.data.validate import DatalistError, check_datalist, check_pairs
 from cfattr_monai.explain.counterfactual import write_classifier_fingerprint
 from cfattr_monai.io.images import load_image
 
@@ -200,6 +200,8 @@ ACCEPTED_CASES = [  # (id, mutate) the checker must accept
         write_dicom(d.parent / "images" / "ok.dcm", pixels=IMAGE.astype(np.uint16)),
         edit_datalist(d, lambda c: c["training"].__setitem__(0, {"image": "images/ok.dcm", "label": 0})))),
     ("empty-lesion-mask", replace_image("lesions/none.png", lambda p: write_png(p, MASK * 0), key="lesion")),
+    ("null-and-empty-mask-paths-mean-absent",
+     lambda d: edit_datalist(d, lambda c: c["training"][0].update(organ=None, lesion=""))),
     ("0-1-mask", replace_image("lesions/ones.png", lambda p: write_png(p, MASK // 255), key="lesion")),
 ]
 
@@ -219,6 +221,40 @@ def test_check_datalist_lists_every_problem(tmp_path):
     with pytest.raises(DatalistError, match=r"3 problem\(s\)") as info:
         check_datalist(datalist)
     assert all(f"organs/{n} cannot be read" in str(info.value) for n in ("0.png", "1.png", "2.png"))
+
+
+PAIR_CASES = [  # (id, pairs built from (image path, hole path, folder), fragments of the DatalistError)
+    ("empty-list", lambda i, h, d: [], ["no image + hole pairs were given", "pairs=["]),
+    ("not-a-list", lambda i, h, d: {"image": i}, ["no image + hole pairs were given"]),
+    ("no-hole", lambda i, h, d: [{"image": i}], ["pair 0 lacks 'hole'", "white = the region to replace"]),
+    ("missing-hole-file", lambda i, h, d: [{"image": i, "hole": str(d / "nope.png")}],
+     ["pair 0 hole", "nope.png does not exist", "relative to the working directory"]),
+    ("hole-of-another-size", lambda i, h, d: [{"image": i, "hole": str(write_png(d / "big.png", np.pad(MASK, 4)))}],
+     ["big.png is 56×48, expected the size of its image 48×40", "resize it"]),
+    ("hole-not-binary", lambda i, h, d: [{"image": i, "hole": str(write_png(d / "soft.png", MASK // 2 + 3))}],
+     ["soft.png holds values", "expected a binary mask"]),
+    ("hole-is-everything", lambda i, h, d: [{"image": i, "hole": str(write_png(d / "all.png", MASK * 0 + 255))}],
+     ["all.png covers the whole image", "no context left"]),
+    ("nan-image", lambda i, h, d: [{"image": str(with_nan(np.nan)(d / "nan.nii.gz")), "hole": h}],
+     ["nan.nii.gz has 1 NaN/Inf pixel(s)"]),
+    ("second-pair-bad", lambda i, h, d: [{"image": i, "hole": h}, {"image": str(d / "gone.png"), "hole": h}],
+     ["1 problem(s)", "pair 1 image", "gone.png does not exist"]),
+]
+
+
+@pytest.mark.parametrize("make_pairs, fragments", [c[1:] for c in PAIR_CASES], ids=[c[0] for c in PAIR_CASES])
+def test_check_pairs_refuses(tmp_path, make_pairs, fragments):
+    image, hole = write_png(tmp_path / "image.png", IMAGE), write_png(tmp_path / "hole.png", MASK)
+    with pytest.raises(DatalistError) as info:
+        check_pairs(make_pairs(str(image), str(hole), tmp_path))
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("hole", [MASK, MASK // 255, MASK * 0])  # {0, 255}, {0, 1}, no hole at all
+def test_check_pairs_accepts(tmp_path, hole):
+    pairs = [{"image": str(write_png(tmp_path / "image.png", IMAGE)), "hole": str(write_png(tmp_path / "h.png", hole))}]
+    assert check_pairs(pairs) is pairs
 
 
 def test_rgb_and_16_bit_are_converted_by_explain_input(tmp_path):
@@ -450,6 +486,38 @@ def test_bundle_initialize_refuses_datalist(bundles, tmp_path, bundle, mutate, f
     for fragment in fragments:
         assert fragment in message
     assert not (root / "models").exists() or not list((root / "models").glob("*.pt"))
+
+
+CLASSIFIER_INFERENCE_CASES = [  # (id, break(datalist, bundle copy), error type, fragments)
+    ("nan-test-image", lambda d, b: replace_image("images/nan.nii.gz", with_nan(np.nan), split="test")(d),
+     DatalistError, ["nan.nii.gz has 1 NaN/Inf pixel(s)"]),
+    ("empty-test-split", lambda d, b: edit_datalist(d, lambda c: c.update(test=[])),
+     DatalistError, ["split 'test' is []", "non-empty list"]),
+    ("inpainter-weights-as-classifier", lambda d, b: shutil.copy(b / "inpainter/models/model.pt", b / "classifier/models/model.pt"),
+     ValueError, ["classifier/models/model.pt was saved from another network than MobileNetV1"]),
+    ("empty-checkpoint", lambda d, b: (b / "classifier/models/model.pt").write_bytes(b""),
+     ValueError, ["classifier/models/model.pt is not a checkpoint torch.load can read"]),
+]
+
+
+@pytest.mark.parametrize("breaks, error, fragments", [c[1:] for c in CLASSIFIER_INFERENCE_CASES],
+                         ids=[c[0] for c in CLASSIFIER_INFERENCE_CASES])
+def test_classifier_inference_refuses_before_writing(bundles_copy, tmp_path, breaks, error, fragments):
+    """Inference and evaluation check the split and the weights first: an earlier predictions.csv stays."""
+    datalist = write_dataset(tmp_path / "data")
+    breaks(datalist, bundles_copy)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.csv").write_text("earlier,0.5\n")
+    for configs in (["inference.json"], ["train.json", "evaluate.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(bundles_copy / "classifier" / "configs" / c) for c in configs])
+        parser.update({"bundle_root": str(bundles_copy / "classifier"), "datalist": str(datalist), "phantoms": {},
+                       "output_dir": str(out)})
+        message = raised(error, lambda: parser.get_parsed_content("initialize"))
+        for fragment in fragments:
+            assert fragment in message, configs
+    assert (out / "predictions.csv").read_text() == "earlier,0.5\n"
 
 
 def test_attributor_training_without_inpainter(bundles, tmp_path):

@@ -147,6 +147,23 @@ def test_train_two_phases_resume_evaluate_and_infer(workspace, tmp_path):
     composites = sorted((bundle / "eval" / "composites").glob("*_composite.png"))
     assert composites, "no composites written"
 
+    # one hole for two images: each composite is named after its image, none overwrites the other
+    items = json.loads(Path(workspace["datalist"]).read_text())["test"][:2]
+    root = Path(workspace["datalist"]).parent
+    hole = str(root / next(i["lesion"] for i in json.loads(Path(workspace["datalist"]).read_text())["test"] if i["label"] == 1))
+    pairs = [{"image": str(root / item["image"]), "hole": hole} for item in items]
+    shared = tmp_path / "shared_hole"
+    run(config_file=str(bundle / "configs" / "inference.json"), pairs=pairs, output_dir=str(shared), **overrides)
+    assert sorted(p.name for p in shared.glob("*_composite.png")) == sorted(
+        Path(item["image"]).stem + "_composite.png" for item in items
+    )
+    # a bad pair is refused before anything is written
+    with pytest.raises(Exception) as info:
+        run(config_file=str(bundle / "configs" / "inference.json"), pairs=[*pairs, {"image": pairs[0]["image"]}],
+            output_dir=str(tmp_path / "refused"), **overrides)  # fmt: skip
+    assert "pair 2 lacks 'hole'" in "".join(map(str, _chain(info.value)))
+    assert not (tmp_path / "refused").exists()
+
     # the attributor's route: load_network on the bundle folder, with the overlay the weights were trained with
     (bundle / "configs" / "task_tiny.json").write_text(json.dumps(TINY_NET))
     inpainter = load_network(bundle, overlays=["configs/task_tiny.json"])
@@ -167,3 +184,11 @@ def test_paper_mammography_config_runs_one_iteration(workspace, tmp_path):
     )  # fmt: skip
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert state["encoder.7.conv.weight"].shape == (512, 512, 3, 3)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and its causes (MONAI's ConfigParser wraps errors raised in config expressions)."""
+    chain = [error]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    return chain

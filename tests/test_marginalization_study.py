@@ -46,6 +46,40 @@ def test_missing_datalist_names_the_file(tmp_path):
         load_split(tmp_path / "absent.json")
 
 
+def _absolute(datalist, edit) -> dict:
+    lists = json.loads(datalist.read_text())
+    for item in lists["test"]:
+        item.update({k: str(datalist.parent / item[k]) for k in ("image", "lesion", "organ")})
+    edit(lists["test"])
+    return lists
+
+
+@pytest.mark.parametrize(
+    "edit, fragments",
+    [
+        (lambda items: items.clear(), ["split 'test' is []", "non-empty list"]),
+        (lambda items: items[0].update(image="/nowhere/x.png"), ["/nowhere/x.png does not exist"]),
+        (lambda items: items[0].update(organ=items[0]["image"].replace("images", "nothing")), ["does not exist"]),
+        (lambda items: items[0].update(label="1"), ["label '1'", "expected 0 (healthy) or 1"]),
+    ],
+)
+def test_bad_split_names_the_file_and_the_fix(datalist, tmp_path, edit, fragments):
+    from cfattr_monai.data.validate import DatalistError
+
+    broken = tmp_path / "datalist.json"
+    broken.write_text(json.dumps(_absolute(datalist, edit)))
+    with pytest.raises(DatalistError) as info:
+        load_split(broken, "test")
+    assert str(broken) in str(info.value) and all(f in str(info.value) for f in fragments)
+
+
+def test_empty_mask_paths_are_absent(datalist, tmp_path):
+    lists = _absolute(datalist, lambda items: items[0].update(lesion="", organ=None))
+    (tmp_path / "datalist.json").write_text(json.dumps(lists))
+    data = load_split(tmp_path / "datalist.json", "test")
+    assert float(data["lesion"][0].sum()) == 0.0 and bool((data["organ"][0] == 1).all())
+
+
 @pytest.mark.parametrize("annotated", [True, False])
 def test_lesion_inpainting_needs_lesion_masks(tmp_path, annotated):
     torch.manual_seed(0)

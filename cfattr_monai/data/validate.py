@@ -18,6 +18,9 @@ and refuses the data set with one :class:`DatalistError` that lists the problems
   {0, 255}).
 
 16-bit and float images are accepted: ``ScaleIntensityd`` scales each image by its own range.
+
+:func:`check_pairs` applies the same checks to the image + hole pairs of the inpainter's inference (the hole: white =
+the region to replace, on the image's grid, binary, not the whole image), and refuses an empty list.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import pydicom
 from monai.transforms import LoadImage
 from PIL import Image
 
-__all__ = ["DatalistError", "check_datalist", "MIN_IMAGE_SIZE"]
+__all__ = ["DatalistError", "check_datalist", "check_pairs", "MIN_IMAGE_SIZE"]
 
 MIN_IMAGE_SIZE = 32
 _SHOWN_PROBLEMS = 8
@@ -123,7 +126,7 @@ def _item_problems(
     if image is not None:
         problems += _image_problems(image, base / item["image"], min_size)
     for key in mask_keys:
-        if key in item:
+        if item.get(key):  # absent, null or "": no mask (the data contract's "absent")
             mask, problem = _read(base, item[key], key)
             problems += [problem] if problem else _mask_problems(mask, base / item[key], key, image)
     return problems
@@ -202,3 +205,45 @@ def _mask_problems(mask: np.ndarray, file: Path, key: str, image: np.ndarray | N
             "({0, 1} or {0, 255}): threshold it (mask > 0) and save it again"
         )
     return problems
+
+
+def check_pairs(pairs: object, image_key: str = "image", mask_key: str = "hole", min_size: int = MIN_IMAGE_SIZE) -> list:
+    """Check the ``[{"image": path, "hole": path}, …]`` pairs of an inpainting run; return them unchanged.
+
+    Paths are absolute or relative to the working directory. Each image passes the checks of :func:`check_datalist`;
+    each hole must exist, be binary, have its image's size and leave some of the image as context.
+
+    Raises:
+        DatalistError: the list is empty or not a list, or one of the problems above (all listed, with the fix).
+
+    Example:
+        >>> check_pairs([])
+        Traceback (most recent call last):
+        ...
+        cfattr_monai.data.validate.DatalistError: check_pairs: no image + hole pairs were given ...
+    """
+    if not isinstance(pairs, list) or not pairs:
+        raise DatalistError(
+            f"check_pairs: no image + hole pairs were given (got {json.dumps(pairs, default=str)[:60]}); pass "
+            f'pairs=[{{"{image_key}": image path, "{mask_key}": hole mask path}}, …] (white = the region to replace).'
+        )
+    problems = []
+    for index, item in enumerate(pairs):
+        found = _item_problems(item, Path(), (image_key,), (), min_size)
+        if not found and not item.get(mask_key):
+            found = [f"lacks {mask_key!r}: give the hole mask of {item[image_key]} (white = the region to replace)"]
+        if not found:
+            mask, problem = _read(Path(), item[mask_key], mask_key)
+            image, _ = _read(Path(), item[image_key], image_key)
+            found = [problem] if problem else _mask_problems(mask, Path(item[mask_key]), mask_key, image)
+            if not found and mask.min() == mask.max() and mask.max() > 0:
+                found = [
+                    f"{mask_key} {item[mask_key]} covers the whole image: there is no context left to inpaint from; "
+                    "give a hole that leaves part of the image"
+                ]
+        problems += [f"pair {index} {p}".replace("relative to the datalist's folder", "relative to the working directory") for p in found]
+    if problems:
+        shown = "\n  ".join(problems[:_SHOWN_PROBLEMS])
+        more = f"\n  … and {len(problems) - _SHOWN_PROBLEMS} more" if len(problems) > _SHOWN_PROBLEMS else ""
+        raise DatalistError(f"check_pairs: {len(problems)} problem(s):\n  {shown}{more}")
+    return pairs

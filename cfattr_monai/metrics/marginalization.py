@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import load_decathlon_datalist
 from monai.metrics import compute_roc_auc
 from monai.metrics.regression import compute_ssim_and_cs
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityd, ScaleIntensityRanged
 from scipy.ndimage import binary_dilation
 
+from cfattr_monai.data.validate import check_datalist
 from cfattr_monai.io.outputs import atomic_path, save_figure
 from cfattr_monai.networks.classifier_output import pathology_probability
 from cfattr_monai.transforms.marginalize import Marginalizer
@@ -59,11 +59,11 @@ def load_split(
 
     Raises:
         FileNotFoundError: ``datalist`` does not exist.
+        DatalistError: :func:`~cfattr_monai.data.validate.check_datalist` finds problems in ``split`` (an empty
+            split, unreadable or NaN images, masks of another size, …): all listed with their files and fixes.
     """
-    datalist = Path(datalist)
-    if not datalist.is_file():
-        raise FileNotFoundError(f"load_split: datalist {datalist} not found; make the phantoms or prepare the data set.")
-    items = load_decathlon_datalist(datalist, data_list_key=split, base_dir=datalist.parent)
+    datalist = check_datalist(datalist, splits=(split,))
+    items = json.loads(datalist.read_text())[split]
     keys, masks = ["image", "lesion", "organ"], ["lesion", "organ"]
     steps = [
         LoadImaged(keys, image_only=True, allow_missing_keys=True),
@@ -79,7 +79,7 @@ def load_split(
     load = Compose(steps)
     loaded = []
     for item in items:
-        data = load({key: value for key, value in item.items() if key not in masks or value})  # "" / None: absent
+        data = load({key: str(datalist.parent / item[key]) for key in keys if item.get(key)})  # "" / None: absent
         image = torch.as_tensor(data["image"]).float()
         absent = {"lesion": torch.zeros_like(image), "organ": torch.ones_like(image)}
         loaded.append({"image": image, "label": int(item["label"]),

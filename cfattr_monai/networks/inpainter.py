@@ -34,7 +34,7 @@ def composite(image: torch.Tensor, valid_mask: torch.Tensor, prediction: torch.T
         tensor([[[[1., 0.],
                   [1., 1.]]]])
     """
-    return valid_mask * image + (1 - valid_mask) * prediction
+    return image * valid_mask + prediction * (1 - valid_mask)  # image first: a MetaTensor result keeps its metadata
 
 
 class _PartialConvBlock(nn.Module):
