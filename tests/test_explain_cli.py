@@ -25,7 +25,7 @@ from cfattr_monai.io.explanations import CSV_COLUMNS, bundle_image_size, explain
 from cfattr_monai.io.images import load_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ROWS, COLS = 24, 32
+ROWS, COLS = 32, 40
 IMAGE = (np.add.outer(np.arange(ROWS), np.arange(COLS)) * 4).astype(np.uint8)  # a ramp, brightest bottom-right
 
 
@@ -150,7 +150,7 @@ def test_images_stream_in_batches(tmp_path, monkeypatch):
     assert events == ["load", "load", "explain 2", "load", "load", "explain 2", "load", "explain 1"]
 
 
-@pytest.mark.parametrize("shape", [(12, 10), (200, 150)], ids=["smaller than the network", "larger"])
+@pytest.mark.parametrize("shape", [(32, 36), (200, 150)], ids=["smaller than the network", "larger"])
 def test_other_sizes_are_resized_and_maps_resampled_back(tmp_path, shape):
     array = np.asarray(Image.fromarray(IMAGE).resize(shape[::-1], Image.BILINEAR))
     Image.fromarray(array).save(tmp_path / "odd.png")
@@ -371,3 +371,48 @@ def test_cli_explain_with_the_trained_attributor(tmp_path):
     assert len(rows) == 4 and all(0.0 <= float(r["p"]) <= 1.0 for r in rows)
     _assert_consistent(tmp_path / "out")
     assert os.path.getsize(tmp_path / "out" / rows[-1]["dicom_overlay"]) > 0
+
+
+@pytest.mark.parametrize("image_size", [(8, 8), (0, 0), (31, 64), (64,)])
+def test_network_sizes_below_the_coarsest_stride_are_refused(tmp_path, image_size):
+    Image.fromarray(IMAGE).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="image_size must be two sizes of at least 32 px"):
+        explain_images(ThresholdExplainer(), [tmp_path / "a.png"], tmp_path / "out", image_size, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_inputs_without_images_are_refused(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("no images here")
+    with pytest.raises(FileNotFoundError, match="no image files .* found in"):
+        explain_images(ThresholdExplainer(), [tmp_path / "in"], tmp_path / "out", (COLS, ROWS), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_thumbnails_are_refused_or_skipped(tmp_path, skip_bad):
+    Image.fromarray(IMAGE[:16]).save(tmp_path / "thumb.png")
+    Image.fromarray(IMAGE).save(tmp_path / "full.png")
+    run = lambda: explain_images(  # noqa: E731
+        ThresholdExplainer(), [tmp_path / "thumb.png", tmp_path / "full.png"], tmp_path / "out", (COLS, ROWS),
+        skip_bad=skip_bad, progress=False,
+    )  # fmt: skip
+    if not skip_bad:
+        with pytest.raises(explanations.ImageInputError, match=r"thumb.png: 40×16 pixels \(columns × rows\), expected at least 32"):
+            run()
+        return
+    summary = run()
+    assert (summary["explained"], summary["skipped"]) == (1, 1) and "thumb.png" in summary["skipped_errors"][0]
+
+
+def test_a_run_that_fails_before_its_first_explanation_keeps_the_earlier_table(tmp_path):
+    Image.fromarray(IMAGE).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    explain_images(ThresholdExplainer(), [tmp_path / "a.png"], out, (COLS, ROWS), progress=False)
+    earlier = (out / "explanations.csv").read_text()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n junk")
+    with pytest.raises(explanations.ImageInputError, match="a_corrupt.png"):
+        explain_images(ThresholdExplainer(), [tmp_path / "bad"], out, (COLS, ROWS), progress=False)
+    assert (out / "explanations.csv").read_text() == earlier
+    _assert_consistent(out)

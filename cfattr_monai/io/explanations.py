@@ -39,6 +39,7 @@ from pydicom.uid import generate_uid
 from scipy import ndimage
 from tqdm import tqdm
 
+from cfattr_monai.data.validate import MIN_IMAGE_SIZE
 from cfattr_monai.io.dicom import DicomInputError, read_header, series_description, write_secondary_capture
 from cfattr_monai.io.images import ImageInputError, is_dicom_file, iter_image_files, load_image
 from cfattr_monai.io.outputs import CsvRowWriter, UniqueStems, atomic_path, output_path
@@ -92,7 +93,14 @@ def _batches(
     batch = []
     for path in files:
         try:
-            batch.append((path, load_image(path)))
+            image = load_image(path)
+            if min(image.shape[1:]) < MIN_IMAGE_SIZE:
+                raise ImageInputError(
+                    f"{path}: {image.shape[1]}×{image.shape[2]} pixels (columns × rows), expected at least "
+                    f"{MIN_IMAGE_SIZE} per side (no lesion can be told apart below the classifier's coarsest stride); "
+                    "pass the full-resolution image, not a thumbnail."
+                )
+            batch.append((path, image))
         except (ImageInputError, DicomInputError) as err:
             if not skip_bad:
                 raise
@@ -205,10 +213,17 @@ def explain_images(
         ``dict(explained=int, skipped=int, already_done=int, resized=int, csv=Path, skipped_errors=list[str])``.
 
     Raises:
-        FileNotFoundError: an input does not exist.
-        ImageInputError, DicomInputError: an unreadable image (unless ``skip_bad``).
+        FileNotFoundError: an input does not exist, or the inputs hold no image file.
+        ValueError: ``image_size`` is not two sizes of at least 32 px.
+        ImageInputError, DicomInputError: an unreadable image (unless ``skip_bad``); an earlier
+            ``explanations.csv`` in ``out_dir`` is replaced only once this run's first explanation is written.
     """
     image_size = tuple(int(s) for s in image_size)
+    if len(image_size) != 2 or min(image_size) < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"image_size must be two sizes of at least {MIN_IMAGE_SIZE} px (the classifier's coarsest stride), got "
+            f"{image_size}; pass the network's input size (the bundle config's image_size)."
+        )
     csv_path = output_path(out_dir, "explanations", ".csv")
     done, used_stems = _earlier_rows(csv_path) if resume else (set(), [])
 
@@ -219,27 +234,39 @@ def explain_images(
                 yield path
 
     n_todo = sum(1 for _ in todo())  # a cheap pass over the names only; also fails early on a missing input
+    if not n_todo and not done:
+        raise FileNotFoundError(
+            f"no image files (PNG, JPEG, TIFF, DICOM, NIfTI) found in {[str(i) for i in inputs]}; pass image files "
+            "or folders that hold them."
+        )
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        csv_path.unlink(missing_ok=True)
     explainer = explainer.to(device).eval()
     stems = UniqueStems(used_stems)
     series_uids: dict[tuple[str, str], str] = defaultdict(generate_uid)  # (source series, kind) → new series UID
     skipped: list[str] = []
     explained = resized = 0
-    with CsvRowWriter(csv_path, CSV_COLUMNS) as rows, tqdm(total=n_todo, disable=not progress, unit="img") as bar:
-        for batch in _batches(todo(), batch_size, skip_bad, skipped):
-            with torch.no_grad():
-                out = explainer(torch.stack([_to_network(image, image_size) for _, image in batch]).to(device))
-            out = {k: v.detach().float().cpu() for k, v in out.items()}
-            for i, (path, image) in enumerate(batch):
-                was_resized = tuple(image.shape[1:]) != image_size
-                row = _write_item(path, image, out, i, out_dir, stems(_stem_of(path, image)), series_uids)
-                rows.write({**row, "resized": int(was_resized)})
-                explained += 1
-                resized += was_resized
+    rows = None  # opened with the first finished explanation: a run that fails before it leaves an earlier table
+    try:
+        with tqdm(total=n_todo, disable=not progress, unit="img") as bar:
+            for batch in _batches(todo(), batch_size, skip_bad, skipped):
+                with torch.no_grad():
+                    out = explainer(torch.stack([_to_network(image, image_size) for _, image in batch]).to(device))
+                out = {k: v.detach().float().cpu() for k, v in out.items()}
+                for i, (path, image) in enumerate(batch):
+                    was_resized = tuple(image.shape[1:]) != image_size
+                    row = _write_item(path, image, out, i, out_dir, stems(_stem_of(path, image)), series_uids)
+                    if rows is None:
+                        if not resume:
+                            csv_path.unlink(missing_ok=True)  # a new table: a model retrained since is not skipped
+                        rows = CsvRowWriter(csv_path, CSV_COLUMNS)
+                    rows.write({**row, "resized": int(was_resized)})
+                    explained += 1
+                    resized += was_resized
+                bar.update(explained + len(skipped) - bar.n)
             bar.update(explained + len(skipped) - bar.n)
-        bar.update(explained + len(skipped) - bar.n)
+    finally:
+        if rows is not None:
+            rows.close()
     if resized:
         logger.warning(
             "%d image(s) resized to the network input %s; maps were resampled back to each image's grid.",
