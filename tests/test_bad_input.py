@@ -520,6 +520,13 @@ def test_classifier_inference_refuses_before_writing(bundles_copy, tmp_path, bre
     assert (out / "predictions.csv").read_text() == "earlier,0.5\n"
 
 
+def test_attributor_inference_checks_its_split(bundles, tmp_path):
+    datalist = write_dataset(tmp_path / "data")
+    edit_datalist(datalist, lambda c: c.update(test=[]))
+    parser = _parse(bundles / "attributor", "inference.json", datalist=str(datalist))
+    assert "split 'test' is []" in raised(DatalistError, lambda: parser.get_parsed_content("input_files"))
+
+
 def test_attributor_training_without_inpainter(bundles, tmp_path):
     """The attributor bundle names the missing inpainter bundle and how to make it."""
     parser = _parse(bundles / "attributor", "train.json", inpainter_bundle=str(tmp_path / "inpainter"))
