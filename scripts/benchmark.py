@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
     kind, default_levels = BACKBONES[args.backbone]
     size = tuple(args.size)
     classifier = build_classifier(args.backbone, args.width_mult)
-    levels = args.inpainter_levels or default_levels
+    levels = default_levels if args.inpainter_levels is None else args.inpainter_levels
     inpainter = PartialConvUNet(num_levels=levels)
     weights = {
         "classifier": load_weights(classifier, args.classifier_ckpt, "--classifier-ckpt"),
@@ -288,6 +288,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"--batch must be >= 1, got {args.batch}" if args.batch < 1 else "",
         f"--size must be >= 32 32, got {args.size}" if min(args.size) < 32 else "",
         f"--repeats must be >= 1, got {args.repeats}" if args.repeats < 1 else "",
+        f"--warmup must be >= 0, got {args.warmup}" if args.warmup < 0 else "",
+        f"--threads must be >= 1, got {args.threads}" if args.threads is not None and args.threads < 1 else "",
+        f"--iterative-images must be >= 0, got {args.iterative_images}" if args.iterative_images < 0 else "",
+        f"--iterative-max-iterations must be >= 1, got {args.iterative_max_iterations}"
+        if args.iterative_max_iterations < 1 else "",
+        f"--delta must be in (0, 1], got {args.delta}" if not 0 < args.delta <= 1 else "",
+        f"--inpainter-levels must be >= 1, got {args.inpainter_levels}"
+        if args.inpainter_levels is not None and args.inpainter_levels < 1 else "",
+        f"--width-mult must be > 0, got {args.width_mult}" if args.width_mult <= 0 else "",
         "--device cuda requested but torch.cuda.is_available() is False" if args.device == "cuda"
         and not torch.cuda.is_available() else "",
     ]

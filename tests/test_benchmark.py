@@ -75,6 +75,11 @@ def test_bad_checkpoints_name_the_option(benchmark, tmp_path, extra, error, matc
         ["--backbone", "densenet121", "--size", "16", "16", "--out", "x.json"],
         ["--backbone", "densenet121", "--size", "64", "64", "--batch", "0", "--out", "x.json"],
         ["--backbone", "densenet121", "--size", "64", "--out", "x.json"],
+        *[["--backbone", "densenet121", "--size", "64", "64", "--out", "x.json", flag, value] for flag, value in (
+            ("--warmup", "-3"), ("--threads", "-2"), ("--threads", "0"), ("--iterative-images", "-1"),
+            ("--iterative-max-iterations", "0"), ("--delta", "5"), ("--delta", "0"), ("--inpainter-levels", "0"),
+            ("--width-mult", "0"),
+        )],
     ],
 )
 def test_bad_arguments_exit_with_usage(benchmark, argv):

@@ -322,6 +322,9 @@ def test_cli_explain(tmp_path, fake_bundle, capsys):
         (["a.png", "missing_dir"], [], "'missing_dir' does not exist"),
         (["a.png"], ["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
         (["a.png"], ["--overlays", "configs/nope.json"], "configs/nope.json not found"),
+        (["a.png"], ["--image-size", "8", "8"], "image_size must be two sizes of at least 32 px"),
+        pytest.param(["a.png"], ["--device", "cuda:0"], "no CUDA device torch can use; pass --device cpu",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
     ],
 )
 def test_cli_explain_user_errors(tmp_path, fake_bundle, capsys, monkeypatch, images, options, message):

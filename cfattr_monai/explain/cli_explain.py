@@ -39,8 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from cfattr_monai.explain.counterfactual import load_explainer
     from cfattr_monai.io.explanations import bundle_image_size, explain_images
 
+    import torch
+
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}.")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: this machine has no CUDA device torch can use; pass --device cpu.")
     image_size = tuple(args.image_size) if args.image_size else bundle_image_size(args.bundle, args.overlays)
     explainer = load_explainer(args.bundle, args.overlays, device=args.device)
     summary = explain_images(
