@@ -2,7 +2,7 @@
 """Attribution maps per second: ours vs Grad-CAM, saliency and the iterative method (paper §4 "Timing").
 
 One process, one classifier, the same input batch for every method; warm-up calls are excluded and each timing is
-the median of ``--repeats`` rounds that call every method in turn. Measured, each as maps per second:
+the median of ``--repeats`` calls in each of ``--passes`` passes over all methods. Measured, each as maps per second:
 
 ===========================  ===================================================================================
 ``ours``                     the attribution network's map (one forward pass under ``torch.inference_mode``)
@@ -101,28 +101,30 @@ def phantom_batch(kind: str, size: tuple[int, int], batch: int, seed: int = 0) -
 
 
 def seconds_per_call(
-    calls: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
+    calls: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device, passes: int = 2
 ) -> dict[str, tuple[float, float]]:
-    """Median wall time and median process CPU time of each ``calls[name]()`` over ``repeats`` rounds.
+    """Median wall time and median process CPU time of each ``calls[name]()``.
 
-    Every round calls every method once, in turn (after ``warmup`` such rounds), so a slow phase of a shared machine
-    lands on all methods alike instead of on whichever ran then. The CPU time (all threads of this process) is the
-    steadier measure of work on a machine shared with other jobs.
+    Each method runs as a block, ``warmup`` untimed calls then ``repeats`` timed ones, as a user calls one method
+    over a stream of batches (the allocator and caches warm for that method). The blocks of all methods run
+    ``passes`` times in turn, so a slow phase of a shared machine is spread over the methods instead of landing on
+    whichever ran then; the median is over all ``passes × repeats`` timings. The CPU time (all threads of this
+    process) is the steadier measure of work on a machine shared with other jobs.
     """
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        for fn in calls.values():
-            fn()
-    synchronize()
     wall = {name: [] for name in calls}
     cpu = {name: [] for name in calls}
-    for _ in range(repeats):
+    for _ in range(passes):
         for name, fn in calls.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
+            for _ in range(warmup):
+                fn()
             synchronize()
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
+            for _ in range(repeats):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                fn()
+                synchronize()
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
     return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in calls}
 
 
@@ -192,7 +194,7 @@ def run(args: argparse.Namespace) -> dict:
     gflops = {"ours": gflops_per_image(lambda: attributor(images)),
               "classifier_forward": gflops_per_image(lambda: classifier(images))}
     warmup = args.warmup + (2 if args.compile else 0)
-    timings = seconds_per_call(calls, args.repeats, warmup, device)
+    timings = seconds_per_call(calls, args.repeats, warmup, device, args.passes)
     seconds = {name: wall for name, (wall, _) in timings.items()}
     cpu_seconds = {name: cpu for name, (_, cpu) in timings.items()}
     maps_per_s = {name: args.batch / s for name, s in seconds.items()}
@@ -235,7 +237,7 @@ def run(args: argparse.Namespace) -> dict:
         "settings": {
             "weights": weights, "width_mult": args.width_mult, "inpainter_levels": levels,
             "channels_last": args.channels_last, "amp_bf16": args.amp, "compile": args.compile,
-            "repeats": args.repeats, "warmup": warmup, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "repeats": args.repeats, "passes": args.passes, "warmup": warmup, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         },
     }
@@ -279,6 +281,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--passes", type=int, default=2, help="passes over all methods (each: warm-up + repeats)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--iterative-images", type=int, default=2, help="0 skips the iterative method")
     parser.add_argument("--iterative-max-iterations", type=int, default=300)
@@ -289,6 +292,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"--size must be >= 32 32, got {args.size}" if min(args.size) < 32 else "",
         f"--repeats must be >= 1, got {args.repeats}" if args.repeats < 1 else "",
         f"--warmup must be >= 0, got {args.warmup}" if args.warmup < 0 else "",
+        f"--passes must be >= 1, got {args.passes}" if args.passes < 1 else "",
         f"--threads must be >= 1, got {args.threads}" if args.threads is not None and args.threads < 1 else "",
         f"--iterative-images must be >= 0, got {args.iterative_images}" if args.iterative_images < 0 else "",
         f"--iterative-max-iterations must be >= 1, got {args.iterative_max_iterations}"

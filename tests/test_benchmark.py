@@ -78,7 +78,7 @@ def test_bad_checkpoints_name_the_option(benchmark, tmp_path, extra, error, matc
         *[["--backbone", "densenet121", "--size", "64", "64", "--out", "x.json", flag, value] for flag, value in (
             ("--warmup", "-3"), ("--threads", "-2"), ("--threads", "0"), ("--iterative-images", "-1"),
             ("--iterative-max-iterations", "0"), ("--delta", "5"), ("--delta", "0"), ("--inpainter-levels", "0"),
-            ("--width-mult", "0"),
+            ("--width-mult", "0"), ("--passes", "0"),
         )],
     ],
 )
@@ -87,10 +87,11 @@ def test_bad_arguments_exit_with_usage(benchmark, argv):
         benchmark.parse_args(argv)
 
 
-@pytest.mark.parametrize("repeats, warmup", [(1, 0), (3, 1), (2, 2)])
-def test_methods_are_timed_in_interleaved_rounds(benchmark, repeats, warmup):
+@pytest.mark.parametrize("repeats, warmup, passes", [(1, 0, 1), (3, 1, 2), (2, 2, 3)])
+def test_methods_are_timed_in_warm_blocks_over_several_passes(benchmark, repeats, warmup, passes):
     order = []
     calls = {name: (lambda name=name: order.append(name)) for name in ("ours", "gradcam", "forward")}
-    timings = benchmark.seconds_per_call(calls, repeats, warmup, torch.device("cpu"))
-    assert "".join(name[0] for name in order) == "ogf" * (repeats + warmup)
+    timings = benchmark.seconds_per_call(calls, repeats, warmup, torch.device("cpu"), passes)
+    block = repeats + warmup
+    assert "".join(name[0] for name in order) == ("o" * block + "g" * block + "f" * block) * passes
     assert set(timings) == set(calls) and all(wall >= 0 and cpu >= 0 for wall, cpu in timings.values())
