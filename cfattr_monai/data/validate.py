@@ -102,11 +102,16 @@ def check_datalist(
             continue
         for index, item in enumerate(items):
             problems += [f"{split}[{index}] {p}" for p in _item_problems(item, path.parent, keys, mask_keys, min_size)]
+    _raise_problems(f"check_datalist: {path}", problems)
+    return path
+
+
+def _raise_problems(prefix: str, problems: list[str]) -> None:
+    """One DatalistError listing the first problems (a user fixes the data once, not once per run)."""
     if problems:
         shown = "\n  ".join(problems[:_SHOWN_PROBLEMS])
         more = f"\n  … and {len(problems) - _SHOWN_PROBLEMS} more" if len(problems) > _SHOWN_PROBLEMS else ""
-        raise DatalistError(f"check_datalist: {path}: {len(problems)} problem(s):\n  {shown}{more}")
-    return path
+        raise DatalistError(f"{prefix}: {len(problems)} problem(s):\n  {shown}{more}")
 
 
 def _item_problems(
@@ -136,7 +141,8 @@ def _read(base: Path, relative: str, key: str) -> tuple[np.ndarray | None, str |
     """The file's array, channel first, as ``LoadImaged`` gives it to the bundles; or the problem."""
     file = base / relative
     if not file.is_file():
-        return None, f"{key} {file} does not exist: fix the path (relative to the datalist's folder) or the data set"
+        where = "the working directory" if base == Path() else "the datalist's folder"
+        return None, f"{key} {file} does not exist: fix the path (relative to {where}) or the data set"
     try:
         if _is_monochrome1(file):
             return None, (
@@ -229,21 +235,15 @@ def check_pairs(pairs: object, image_key: str = "image", mask_key: str = "hole",
         )
     problems = []
     for index, item in enumerate(pairs):
-        found = _item_problems(item, Path(), (image_key,), (), min_size)
-        if not found and not item.get(mask_key):
-            found = [f"lacks {mask_key!r}: give the hole mask of {item[image_key]} (white = the region to replace)"]
-        if not found:
-            mask, problem = _read(Path(), item[mask_key], mask_key)
-            image, _ = _read(Path(), item[image_key], image_key)
-            found = [problem] if problem else _mask_problems(mask, Path(item[mask_key]), mask_key, image)
-            if not found and mask.min() == mask.max() and mask.max() > 0:
-                found = [
-                    f"{mask_key} {item[mask_key]} covers the whole image: there is no context left to inpaint from; "
-                    "give a hole that leaves part of the image"
-                ]
-        problems += [f"pair {index} {p}".replace("relative to the datalist's folder", "relative to the working directory") for p in found]
-    if problems:
-        shown = "\n  ".join(problems[:_SHOWN_PROBLEMS])
-        more = f"\n  … and {len(problems) - _SHOWN_PROBLEMS} more" if len(problems) > _SHOWN_PROBLEMS else ""
-        raise DatalistError(f"check_pairs: {len(problems)} problem(s):\n  {shown}{more}")
+        if isinstance(item, dict) and not item.get(mask_key):
+            found = [f"lacks {mask_key!r}: give the hole mask of {item.get(image_key)} (white = the region to replace)"]
+        else:
+            found = _item_problems(item, Path(), (image_key,), (mask_key,), min_size)
+        if not found and bool(np.all(_read(Path(), item[mask_key], mask_key)[0] > 0)):
+            found = [
+                f"{mask_key} {item[mask_key]} covers the whole image: there is no context left to inpaint from; give "
+                "a hole that leaves part of the image"
+            ]
+        problems += [f"pair {index} {p}" for p in found]
+    _raise_problems("check_pairs", problems)
     return pairs
