@@ -197,3 +197,22 @@ def test_attributor_multi_gpu_inference_shards_the_inputs(stand_ins, tmp_path):
     test_images = {Path(d["image"]).name for d in json.loads(stand_ins["datalist"].read_text())["test"]}
     assert shards[0] and shards[1] and not shards[0] & shards[1], f"ranks must split the inputs: {shards}"
     assert shards[0] | shards[1] == test_images, "every test image explained exactly once over the two ranks"
+
+
+def test_shutdown_distributed_releases_ddp_and_destroys_the_group(tmp_path):
+    """One-process gloo group: the DDP module's reducer and group are dropped, then the group is destroyed."""
+    import torch
+    import torch.distributed as dist
+
+    from cfattr_monai.bundle import shutdown_distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))
+        net(torch.rand(3, 2)).sum().backward()
+        shutdown_distributed(net, torch.nn.Linear(2, 1))  # plain modules are left alone
+        assert not hasattr(net, "reducer") and net.process_group is None
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
