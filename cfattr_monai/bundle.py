@@ -98,7 +98,8 @@ def load_weights(network: nn.Module, ckpt_path: str | Path, config_files: Sequen
 
     Raises:
         FileNotFoundError: no such file; the message says to train the bundle that writes it.
-        ValueError: the file is not a readable weights-only checkpoint, not a state dict, or for another network.
+        ValueError: the file is not a readable weights-only checkpoint, holds NaN/Inf, is not a state dict, or is
+            for another network.
 
     Example:
         >>> net = nn.Linear(2, 1); torch.save(net.state_dict(), "/tmp/linear.pt")
