@@ -323,6 +323,7 @@ def test_cli_explain(tmp_path, fake_bundle, capsys):
         (["a.png"], ["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
         (["a.png"], ["--overlays", "configs/nope.json"], "configs/nope.json not found"),
         (["a.png"], ["--image-size", "8", "8"], "image_size must be two sizes of at least 32 px"),
+        (["a.png"], ["--out", "a.png"], "--out a.png is a file, expected an output folder"),
         pytest.param(["a.png"], ["--device", "cuda:0"], "no CUDA device torch can use; pass --device cpu",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
     ],

@@ -214,7 +214,7 @@ def explain_images(
 
     Raises:
         FileNotFoundError: an input does not exist, or the inputs hold no image file.
-        ValueError: ``image_size`` is not two sizes of at least 32 px.
+        ValueError: ``image_size`` is not two sizes of at least 32 px, or ``out_dir`` is a file.
         ImageInputError, DicomInputError: an unreadable image (unless ``skip_bad``); an earlier
             ``explanations.csv`` in ``out_dir`` is replaced only once this run's first explanation is written.
     """
@@ -224,6 +224,8 @@ def explain_images(
             f"image_size must be two sizes of at least {MIN_IMAGE_SIZE} px (the classifier's coarsest stride), got "
             f"{image_size}; pass the network's input size (the bundle config's image_size)."
         )
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"--out {out_dir} is a file, expected an output folder; pass a folder path.")
     csv_path = output_path(out_dir, "explanations", ".csv")
     done, used_stems = _earlier_rows(csv_path) if resume else (set(), [])
 
