@@ -98,8 +98,8 @@ def load_weights(network: nn.Module, ckpt_path: str | Path, config_files: Sequen
 
     Raises:
         FileNotFoundError: no such file; the message says to train the bundle that writes it.
-        ValueError: the file is not a readable weights-only checkpoint, holds NaN/Inf, is not a state dict, or is
-            for another network.
+        ValueError: a folder instead of a file, or a file that is not a readable weights-only checkpoint, holds
+            NaN/Inf, is not a state dict, or is for another network.
 
     Example:
         >>> net = nn.Linear(2, 1); torch.save(net.state_dict(), "/tmp/linear.pt")
@@ -107,6 +107,8 @@ def load_weights(network: nn.Module, ckpt_path: str | Path, config_files: Sequen
         torch.Size([1, 2])
     """
     ckpt_path = Path(ckpt_path)
+    if ckpt_path.is_dir():
+        raise ValueError(f"checkpoint {ckpt_path} is a folder, expected a weights file such as {ckpt_path}/model.pt.")
     if not ckpt_path.is_file():
         bundle_dir = ckpt_path.parent.parent
         raise FileNotFoundError(

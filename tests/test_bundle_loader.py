@@ -51,6 +51,7 @@ ERROR_CASES = [
     ("densenet", {}, ValueError, ["model.pt", "missing", "unexpected", "overlays"]),
     ("width", {}, ValueError, ["model.pt", "shape mismatch", "features.conv0.conv.weight"]),
     ("garbage", {}, ValueError, ["model.pt", "weights_only=True"]),
+    ("nothing", {"checkpoint": "models"}, ValueError, ["models is a folder", "models/model.pt"]),
 ]
 
 
