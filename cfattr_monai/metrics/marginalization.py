@@ -197,22 +197,30 @@ def marginalization_study(
     ssim = {name: [] for name in marginalizers}
     auc_lesion, roc, floor_dp, floor_psnr = [], {}, [], []
     annotated = bool(data["lesion"].any())  # no lesion masks at all (chest X-ray): no (iii), as in the paper
+
+    def healthy_change(filled: torch.Tensor, holes: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+        """p(c|filled), and over the healthy images the mean |Δp| and the hole PSNR."""
+        p = _probabilities(classifier, filled, device, batch_size)
+        dp = float((p - p_none)[healthy].abs().mean())
+        return p, dp, float(hole_psnr(filled[healthy], data["image"][healthy], holes[healthy]).mean())
+
     for run in range(n_runs):
         rng = np.random.default_rng([seed, run])
         torch.manual_seed(seed * 1000 + run)
         healthy_holes = _holes(data, rng, hole_ratio, over_lesion=False)
         for name, pi in marginalizers.items():
             filled = _marginalize(pi, data["image"], healthy_holes, device, batch_size)
-            p = _probabilities(classifier, filled, device, batch_size)
+            p, dp, hole_db = healthy_change(filled, healthy_holes)
             auc_healthy[name].append(auc(p))
-            abs_dp[name].append(float((p - p_none)[healthy].abs().mean()))
-            psnr[name].append(float(hole_psnr(filled[healthy], data["image"][healthy], healthy_holes[healthy]).mean()))
+            abs_dp[name].append(dp)
+            psnr[name].append(hole_db)
             ssim[name].append(float(hole_ssim(filled[healthy], data["image"][healthy], healthy_holes[healthy]).mean()))
             if run == 0 and name == "inpaint":
                 roc["healthy_inpaint"] = p
         noisy = (data["image"] + healthy_holes * floor_noise_std * torch.randn_like(data["image"])).clamp(0.0, 1.0)
-        floor_dp.append(float((_probabilities(classifier, noisy, device, batch_size) - p_none)[healthy].abs().mean()))
-        floor_psnr.append(float(hole_psnr(noisy[healthy], data["image"][healthy], healthy_holes[healthy]).mean()))
+        _, dp, hole_db = healthy_change(noisy, healthy_holes)
+        floor_dp.append(dp)
+        floor_psnr.append(hole_db)
         if not annotated:
             continue
         lesion_holes = _holes(data, rng, hole_ratio, over_lesion=True)

@@ -149,15 +149,8 @@ def randomization_check(
     if draws < 1:
         raise ValueError(f"randomization_check: draws must be >= 1, got {draws}.")
     per_draw = [compare(reinitialized_attributor(attributor, seed + i).eval()(images)) for i in range(draws)]
-    result = {
-        "attributor": {
-            "spearman": float(np.mean([d["spearman"] for d in per_draw])),
-            "ssim": float(np.mean([d["ssim"] for d in per_draw])),
-            "spearman_draws": [d["spearman"] for d in per_draw],
-        }
-    }
-    if region is not None:
-        result["attributor"]["spearman_region"] = float(np.mean([d["spearman_region"] for d in per_draw]))
+    result = {"attributor": {key: float(np.mean([d[key] for d in per_draw])) for key in per_draw[0]}}
+    result["attributor"]["spearman_draws"] = [d["spearman"] for d in per_draw]
     result["cascading"] = [
         {"layer": layer, **compare(randomized.eval()(images))}
         for layer, randomized in cascading_randomized_attributors(attributor, steps, seed)
