@@ -65,18 +65,10 @@ def bundle_image_size(bundle_dir: str | os.PathLike, overlays: Sequence[str] = (
         FileNotFoundError: a config file is missing.
         ValueError: no such key (pass ``--image-size``).
     """
-    from monai.bundle import ConfigParser
+    from cfattr_monai.bundle import bundle_config_files, read_bundle_config
 
-    bundle = Path(bundle_dir)
-    files = [bundle / "configs" / "inference.json", *(bundle / o for o in overlays)]
-    for f in files:
-        if not f.is_file():
-            raise FileNotFoundError(
-                f"bundle config {f} not found; --bundle names the bundle folder, --overlays are relative to it."
-            )
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    parser["bundle_root"] = str(bundle.resolve())
+    files = bundle_config_files(bundle_dir, overlays)
+    parser = read_bundle_config(bundle_dir, overlays, caller="--bundle/--overlays")
     for key in IMAGE_SIZE_KEYS:
         if key in parser:
             size = tuple(int(s) for s in parser.get_parsed_content(key))

@@ -128,16 +128,14 @@ def evaluate_attribution(
         ValueError: ``area_reference`` is unknown, or the split has no lesion image (no pathological image when the
             data set has no lesion masks at all).
     """
-    from cfattr_monai.bundle import read_bundle_config
     from cfattr_monai.explain.counterfactual import load_explainer, read_classification_threshold
+    from cfattr_monai.io.explanations import bundle_image_size
     from cfattr_monai.metrics.marginalization import load_split
 
     if area_reference not in ("organ", "image"):
         raise ValueError(f"evaluate_attribution: area_reference must be 'organ' or 'image', got {area_reference!r}.")
     if image_size is None:
-        image_size = read_bundle_config(attributor_bundle, overlays, caller="evaluate_attribution").get_parsed_content(
-            "image_size"
-        )
+        image_size = bundle_image_size(attributor_bundle, overlays)
     data = load_split(datalist, split, image_size)
     annotated = data["lesion"].flatten(1).amax(dim=1) > 0
     # a data set without any lesion mask (chest X-ray): every pathological image, A and the flip rate only (H and L
