@@ -11,7 +11,8 @@ import torch
 from monai.bundle import ConfigParser, run, verify_metadata
 
 from cfattr_monai.data.phantoms import write_phantom_dataset
-from cfattr_monai.explain.counterfactual import CounterfactualExplainer, load_explainer
+from cfattr_monai.explain.counterfactual import CounterfactualExplainer, load_explainer, read_classification_threshold
+from cfattr_monai.metrics.counterfactual import main as acceptance_main
 from cfattr_monai.networks.inpainter import PartialConvUNet
 from cfattr_monai.networks.mobilenet import MobileNetV1
 from cfattr_monai.report.evaluate import evaluate_attribution
@@ -86,7 +87,7 @@ def test_task_overlays_parse(overlay):
 
 
 @pytest.mark.slow
-def test_train_then_inference_end_to_end(workspace, tmp_path):
+def test_train_then_inference_end_to_end(workspace, tmp_path, capsys):
     # a copy of the bundle's configs, so that models/, runs/ and eval/ land in tmp_path
     bundle = tmp_path / "attributor"
     (bundle / "configs").mkdir(parents=True)
@@ -105,6 +106,19 @@ def test_train_then_inference_end_to_end(workspace, tmp_path):
         assert 0.0 <= float(row["p"]) <= 1.0 and 0.0 <= float(row["p_counterfactual"]) <= 1.0
         for kind in ("map", "mask", "overlay", "counterfactual"):
             assert (bundle / "eval" / "explanations" / row[kind]).is_file()
+
+    # the acceptance figures use the θ the attributor was trained for, and the healthy twins of the phantoms
+    (bundle / "configs" / "workspace.json").write_text(json.dumps(_overrides(workspace, bundle)))
+    fingerprint = bundle / "models" / "classifier_fingerprint.json"
+    recorded = json.loads(fingerprint.read_text())
+    fingerprint.write_text(json.dumps({**recorded, "classification_threshold": 0.123}))  # ≠ the config's Youden point
+    capsys.readouterr()
+    acceptance_main([str(bundle), "--overlays", "configs/workspace.json", "--device", "cpu"])
+    printed = capsys.readouterr().out  # after the bundle runs' logging.conf, MONAI's warnings also go to stdout
+    summary = json.loads(printed[printed.index("{\n"):])
+    assert summary["threshold"] == read_classification_threshold(bundle / "models") == 0.123
+    assert summary["images"] == 2 and "twin_flipped" in summary
+    fingerprint.write_text(json.dumps(recorded))
 
     # the explainer interface (CLI, benchmark, evaluation) loads the same bundle
     (bundle / "configs" / "inference.json").write_text(

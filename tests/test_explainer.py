@@ -114,25 +114,52 @@ def test_acceptance_summary_on_tiny_phantoms(tmp_path):
     summary = acceptance_summary(explainer, datalist, "test", (32, 32), delta=0.6, randomization_images=0)
     assert summary["images"] == 2 and summary["lesion_images"] == 1
     assert summary["mean_area_healthy_images"] == pytest.approx(0.5)
-    for key in ("flipped", "oracle_flipped", "lesion_hit", "mean_area_flagged"):
+    for key in ("flipped", "oracle_flipped", "lesion_hit", "mean_area_flagged", "twin_flipped",
+                "flipped_where_twin_flips"):
         assert key in summary
 
 
-def test_acceptance_summary_runs_the_randomization_check_in_and_outside_the_organ(tmp_path):
-    from cfattr_monai.networks.attribution import AttentionGatedUNet
-    from cfattr_monai.networks.mobilenet import MobileNetV1
-    from cfattr_monai.transforms.marginalize import get_marginalizer
+class Brightness(nn.Module):
+    """Logit = total brightness − ``level``: a lesion (bright) raises it, its removal lowers it."""
 
-    torch.manual_seed(0)
+    def __init__(self, level: float) -> None:
+        super().__init__()
+        self.level = level
+
+    def forward(self, images):
+        return images.flatten(1).sum(dim=1, keepdim=True) - self.level
+
+
+@pytest.mark.parametrize(
+    "level,phantoms_json,expected",
+    [
+        ("between", True, 1.0),  # the lesion image is flagged, its twin is not: removing the lesion flips it
+        ("below_twin", True, 0.0),  # the twin is flagged too: its anatomy, not its lesion, flags it
+        ("between", False, None),  # no phantoms.json: no twins, no reference
+    ],
+)
+def test_acceptance_summary_twin_reference(tmp_path, level, phantoms_json, expected):
+    from cfattr_monai.data.phantoms import write_healthy_twins
+    from cfattr_monai.metrics.marginalization import load_split
+
     datalist = write_phantom_dataset(tmp_path / "phantoms", kind="mammo", n=10, size=32, seed=0)
-    classifier = MobileNetV1(width_mult=0.25).eval()
-    explainer = CounterfactualExplainer(AttentionGatedUNet(classifier), classifier, get_marginalizer("mean"))
-    summary = acceptance_summary(explainer, datalist, "training", (32, 32), threshold=1e-6, randomization_images=2)
-    assert summary["flagged_lesion_images"] > 0
-    for key in ("randomization_spearman", "randomization_spearman_organ"):
-        assert set(summary[key]) == {"attributor", "classifier"}
-        assert all(-1.0 <= value <= 1.0 for value in summary[key].values()), key
-    assert summary["randomization_spearman_organ"] != summary["randomization_spearman"]
+    data = load_split(datalist, "test", (32, 32))
+    twins = load_split(write_healthy_twins(datalist, "test", tmp_path / "twins"), "test", (32, 32))
+    lesion = data["label"] == 1
+    assert int(lesion.sum()) == 1
+    sick, healthy = float(data["image"][lesion].sum()), float(twins["image"][lesion].sum())
+    assert sick > healthy + 1.0
+    classifier = Brightness((sick + healthy) / 2 if level == "between" else healthy - 1.0)
+    if not phantoms_json:
+        (datalist.parent / "phantoms.json").unlink()
+    explainer = CounterfactualExplainer(CountingAttributor(), classifier, get_marginalizer("mean"))
+    summary = acceptance_summary(explainer, datalist, "test", (32, 32), threshold=0.5, randomization_images=0)
+    assert summary["flagged_lesion_images"] == 1
+    assert summary.get("twin_flipped") == expected
+    if expected:
+        assert summary["flipped_where_twin_flips"] == summary["flipped"]
+    else:
+        assert summary.get("flipped_where_twin_flips") is None
 
 
 @pytest.mark.parametrize("theta,expected", [(0.93, 0.93), (None, 0.5)])

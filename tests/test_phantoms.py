@@ -14,6 +14,7 @@ from cfattr_monai.data.phantoms import (
     ensure_phantom_dataset,
     generate_phantom,
     save_phantom_figure,
+    write_healthy_twins,
     write_phantom_dataset,
 )
 
@@ -53,6 +54,43 @@ def test_lesion_changes_exactly_its_mask(kind):
     changed = sick["image"] != healthy["image"]
     assert not (changed & (sick["lesion"] == 0)).any()
     assert changed[sick["lesion"] == 1].mean() > 0.9  # the rest lies on a clipped or zero-profile rim
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("split", ["training", "test"])
+def test_healthy_twins_remove_exactly_the_lesions(tmp_path, kind, split):
+    """A healthy image's twin is the image; a lesion image's twin differs from it exactly on its lesion."""
+    datalist = write_phantom_dataset(tmp_path / "set", kind, n=12, size=48, seed=2, prevalence=0.5)
+    twins = write_healthy_twins(datalist, split, tmp_path / "twins")
+    items = json.loads(datalist.read_text())[split]
+    twin_items = json.loads(twins.read_text())[split]
+    assert len(twin_items) == len(items) and {t["label"] for t in twin_items} == {0}
+    for item, twin in zip(items, twin_items):
+        image = np.asarray(Image.open(datalist.parent / item["image"]))
+        lesion = np.asarray(Image.open(datalist.parent / item["lesion"])) > 0
+        twin_image = np.asarray(Image.open(twins.parent / twin["image"]))
+        assert (twins.parent / twin["organ"]).resolve() == (datalist.parent / item["organ"]).resolve()
+        assert not (twin_image != image)[~lesion].any()
+        if item["label"] == 0:
+            assert not lesion.any()
+        else:
+            assert (twin_image != image)[lesion].mean() > 0.5
+
+
+@pytest.mark.parametrize(
+    "prepare,match",
+    [
+        (lambda root: (root / "phantoms.json").unlink(), "phantoms.json not found"),
+        (lambda root: (root / "datalist.json").write_text(json.dumps({"test": [
+            {"image": "images/scan_1.png", "label": 0, "organ": "organs/scan_1.png"}]})), "expected a phantom named"),
+    ],
+    ids=["not-a-phantom-set", "foreign-file-name"],
+)
+def test_healthy_twins_bad_input(tmp_path, prepare, match):
+    datalist = write_phantom_dataset(tmp_path / "set", n=10, size=32)
+    prepare(datalist.parent)
+    with pytest.raises(ValueError, match=match):
+        write_healthy_twins(datalist, "test", tmp_path / "twins")
 
 
 def test_lesion_radius_follows_difficulty():

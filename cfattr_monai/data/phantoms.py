@@ -37,6 +37,7 @@ __all__ = [
     "generate_phantom",
     "write_phantom_dataset",
     "ensure_phantom_dataset",
+    "write_healthy_twins",
     "save_phantom_figure",
 ]
 
@@ -266,6 +267,56 @@ def ensure_phantom_dataset(datalist, kind: str = "mammo", n: int = 600, size: in
         raise ValueError(f"{recorded_file} records other generation parameters than requested: {differing}; delete "
                          f"{datalist.parent} to regenerate it, or request the recorded parameters.")
     return datalist
+
+
+def write_healthy_twins(datalist, split: str, out_dir) -> Path:
+    """Write the lesion-free twin of every image of ``split`` of a phantom data set; return the twins' datalist.
+
+    Image ``i`` draws its anatomy from ``np.random.default_rng([seed, i])`` before its lesions, so the same draw with
+    ``label=0`` is the very same anatomy without the lesions: the true healthy counterfactual that π(M) approximates.
+    A healthy image's twin is the image itself. With it, "can *any* removal of the lesions flip this classifier?"
+    has an exact answer on phantoms (:mod:`cfattr_monai.metrics.counterfactual` reports it as ``twin_flipped``).
+
+    Args:
+        datalist: ``datalist.json`` of a data set written by :func:`write_phantom_dataset` (``phantoms.json`` beside).
+        split: the datalist key whose images get twins.
+        out_dir: folder to write ``twins/*.png`` and ``datalist.json`` (``split`` only; organs point to the data
+            set's files, lesions are absent, labels 0) into; created if missing.
+
+    Raises:
+        ValueError: no ``phantoms.json`` beside ``datalist``, or an image not named ``<kind>_<index>.png``.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> datalist = write_phantom_dataset(folder + "/set", n=10, size=32)
+        >>> twins = json.loads(write_healthy_twins(datalist, "test", folder + "/twins").read_text())["test"]
+        >>> [item["label"] for item in twins]
+        [0, 0]
+    """
+    datalist, out_dir = Path(datalist), Path(out_dir)
+    recorded = datalist.parent / "phantoms.json"
+    if not recorded.is_file():
+        raise ValueError(f"{recorded} not found: healthy twins exist only for phantom data sets written by "
+                         "write_phantom_dataset.")
+    parameters = json.loads(recorded.read_text())
+    kind, size, seed = parameters["kind"], parameters["size"], parameters["seed"]
+    items = json.loads(datalist.read_text())[split]
+    (out_dir / "twins").mkdir(parents=True, exist_ok=True)
+    twins = []
+    for item in items:
+        name = Path(item["image"]).name
+        stem, _, index = Path(name).stem.rpartition("_")
+        if stem != kind or not index.isdigit():
+            raise ValueError(f"{datalist.parent / item['image']}: expected a phantom named '{kind}_<index>.png'.")
+        sample = generate_phantom(kind, size, np.random.default_rng([seed, int(index)]), label=0,
+                                  **parameters["difficulty"])
+        save_png(np.round(sample["image"] * 255.0).astype(np.uint8), out_dir / "twins" / name)
+        twins.append({"image": f"twins/{name}", "label": 0, "organ": os.path.relpath(datalist.parent / item["organ"],
+                                                                                     out_dir)})
+    path = out_dir / "datalist.json"
+    path.write_text(json.dumps({split: twins}, indent=1) + "\n")
+    return path
 
 
 def save_phantom_figure(path, kind: str = "mammo", count: int = 4, size: int = 256, seed: int = 0,

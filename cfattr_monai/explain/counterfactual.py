@@ -116,7 +116,7 @@ def _read_fingerprint_file(path: Path) -> dict:
     return record
 
 
-def read_classification_threshold(ckpt_dir: str | Path, default: float = 0.5) -> float:
+def read_classification_threshold(ckpt_dir: str | Path, default: float | None = 0.5) -> float | None:
     """θ recorded by :func:`write_classifier_fingerprint` in ``ckpt_dir``, or ``default`` when none was recorded."""
     path = Path(ckpt_dir) / FINGERPRINT_FILE
     value = _read_fingerprint_file(path).get("classification_threshold") if path.is_file() else None

@@ -6,8 +6,14 @@ For the lesion images the classifier flags (p(c|I) ≥ θ):
 * ``lesion_hit``: fraction whose binary map M̂ overlaps the lesion mask (higher is better, target ≥ 0.7);
 * ``mean_area``: mean d(M̂) as a fraction of the image, to compare with δ (target ≤ δ).
 
-Reference: ``oracle_flipped``, the fraction flipped when π replaces the lesion itself (its compact hull, M̂ =
-lesion mapped into S): an upper bound of what any map can achieve with this classifier and marginalizer.
+References for ``flipped``:
+
+* ``oracle_flipped``: the fraction flipped when π replaces the lesion itself (its compact hull, M̂ = lesion mapped
+  into S) — what this marginalizer achieves on the true region;
+* ``twin_flipped`` (phantom data sets only): the fraction whose *healthy twin* — the same phantom drawn without its
+  lesions (:func:`~cfattr_monai.data.phantoms.write_healthy_twins`), i.e. a perfect marginalizer of exactly the
+  lesions — has p(c) ≤ θ. The rest are flagged for their anatomy, not their lesion: no removal of the lesion flips
+  them. ``flipped_where_twin_flips`` is ``flipped`` over the images whose twin flips.
 
 For all images: the mean map area of healthy (label 0) vs lesion (label 1) images, and their ratio (lower is better,
 target < 1/3). Lesion masks are used here only, never in training.
@@ -24,11 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from cfattr_monai.data.phantoms import write_healthy_twins
 from cfattr_monai.metrics.marginalization import load_split
 from cfattr_monai.metrics.sanity import randomization_check
 from cfattr_monai.networks.classifier_output import pathology_probability
@@ -91,10 +99,19 @@ def acceptance_summary(
         "mean_area_flagged": mean(area, flagged),
         "mean_organ_ratio_flagged": mean(organ_ratio, flagged),
         "delta": delta,
+        "threshold": threshold,
         "mean_area_lesion_images": mean(area, lesion),
         "mean_area_healthy_images": mean(area, healthy),
         "flagged_healthy_images": int((healthy & (out["p"] >= threshold)).sum()),
     }
+    if (Path(datalist).parent / "phantoms.json").is_file():
+        with tempfile.TemporaryDirectory() as folder:
+            twins = load_split(write_healthy_twins(datalist, split, folder), split, image_size)["image"]
+        twin_p = torch.cat([pathology_probability(explainer.classifier(batch.to(device))).cpu()
+                            for batch in twins.split(batch_size)])
+        twin_flips = flagged & (twin_p <= threshold)
+        summary["twin_flipped"] = mean(twin_p <= threshold, flagged)
+        summary["flipped_where_twin_flips"] = mean(out["p_counterfactual"] <= threshold, twin_flips)
     if summary["mean_area_lesion_images"]:
         summary["healthy_to_lesion_area"] = summary["mean_area_healthy_images"] / summary["mean_area_lesion_images"]
     if randomization_images and bool(flagged.any()):
@@ -111,7 +128,7 @@ def acceptance_summary(
 def main(argv: Sequence[str] | None = None) -> None:
     from monai.bundle import ConfigParser
 
-    from cfattr_monai.explain.counterfactual import load_explainer
+    from cfattr_monai.explain.counterfactual import load_explainer, read_classification_threshold
 
     parser = argparse.ArgumentParser(description="Acceptance figures of a trained attributor bundle (JSON).")
     parser.add_argument("bundle", type=Path, help="attributor bundle folder")
@@ -124,13 +141,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     config.read_config([str(args.bundle / "configs" / "train.json"), *(str(args.bundle / o) for o in args.overlays)])
     config["bundle_root"] = str(args.bundle)
     explainer = load_explainer(args.bundle, args.overlays, checkpoint=args.checkpoint, device=args.device)
+    # θ the attributor was trained for (recorded beside its weights); the config's Youden point only when none is
+    # recorded — with a data overlay the config would recompute θ on that data set's validation split
+    threshold = read_classification_threshold((args.bundle / args.checkpoint).parent, default=None)
+    if threshold is None:
+        threshold = float(config.get_parsed_content("classification_threshold"))
     summary = acceptance_summary(
         explainer,
         config.get_parsed_content("datalist"),
         args.split,
         config.get_parsed_content("image_size"),
         delta=float(config.get_parsed_content("delta")),
-        threshold=float(config.get_parsed_content("classification_threshold")),
+        threshold=threshold,
         device=args.device,
     )
     print(json.dumps(summary, indent=2))
