@@ -2,7 +2,9 @@
 
 Stages, one progress line each with its elapsed time: the phantom data set; the three bundles in order (train →
 evaluate, each ``python -m monai.bundle run`` in its own folder, see :mod:`cfattr_monai.pipeline`); the attributor's
-inference on the test split; a small benchmark (``scripts/benchmark.py``); the report. Trained bundles are reused
+inference on the test split; its acceptance figures (:mod:`cfattr_monai.metrics.counterfactual`: flip rate against
+the healthy twins, lesion overlap, area, randomization check); a small benchmark (``scripts/benchmark.py``); the
+report. Trained bundles are reused
 unless ``--fresh``. Exits non-zero at the first failing stage, naming it.
 
 Run ``python -m cfattr_monai.demo --out reports/demo`` (what ``make demo`` does).
@@ -54,6 +56,7 @@ def collect_metrics(out_dir: Path, bundles_dir: Path = BUNDLES_DIR) -> dict:
             "sensitivity_floor": marginalization.get("sensitivity_floor"),
         },
         "attribution": {key: attribution.get(key) for key in ("ours", "gradcam", "saliency", "wilcoxon_p", "flip_rate")},
+        "acceptance": _read(out_dir / "acceptance.json"),
         "timing": _read(out_dir / "timing.json"),
     }
 
@@ -78,6 +81,9 @@ def run_demo(out_dir: Path, fresh: bool = False) -> Path:
         _stage(step.name, lambda step=step: run_step(step, fresh), stages)
     inference = Step("attributor/inference", "attributor", ("configs/inference.json",))
     _stage(inference.name, lambda: run_step(inference), stages)
+    acceptance = [sys.executable, "-m", "cfattr_monai.metrics.counterfactual", str(BUNDLES_DIR / "attributor"),
+                  "--device", "cpu", "--out", str(out_dir / "acceptance.json")]
+    _stage("attributor/acceptance", lambda: subprocess.run(acceptance, check=True, stdout=subprocess.DEVNULL), stages)
     benchmark = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), *BENCHMARK_ARGS,
                  "--out", str(out_dir / "timing.json")]
     _stage("benchmark", lambda: subprocess.run(benchmark, check=True), stages)
@@ -89,7 +95,8 @@ def run_demo(out_dir: Path, fresh: bool = False) -> Path:
         write_report(out_dir, attribution=attributor_eval / "attribution_metrics.json",
                      examples=attributor_eval / "attribution_examples.npz",
                      marginalization=BUNDLES_DIR / "inpainter" / "eval" / "marginalization.json",
-                     timing=[out_dir / "timing.json"], title="cfattr-monai demo report (phantoms)")
+                     timing=[out_dir / "timing.json"], acceptance=out_dir / "acceptance.json",
+                     title="cfattr-monai demo report (phantoms)")
 
     _stage("report", report, stages)
     metrics = collect_metrics(out_dir)

@@ -50,4 +50,4 @@ def test_metrics_collect_what_exists_and_none_elsewhere(tmp_path):
     (tmp_path / "classifier" / "eval" / "roc.json").write_text(json.dumps({"auc": 0.87, "auc_ci": [0.8, 0.93]}))
     metrics = collect_metrics(tmp_path / "out", bundles_dir=tmp_path)
     assert metrics["classifier"]["auc"] == 0.87
-    assert metrics["inpainter"]["auc_none"] is None and metrics["timing"] is None
+    assert metrics["inpainter"]["auc_none"] is None and metrics["timing"] is None and metrics["acceptance"] is None

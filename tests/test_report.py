@@ -81,8 +81,15 @@ def test_report_with_every_part(fragment, tmp_path):
         examples=tmp_path / "examples.npz",
         marginalization=marginalization,
         timing=[timing, tmp_path / "missing.json"],
+        acceptance={"images": 120, "lesion_images": 60, "flagged_lesion_images": 49, "threshold": 0.307,
+                    "flipped": 0.816, "twin_flipped": 0.776, "delta": 0.088, "mean_area_flagged": 0.062,
+                    "randomization_spearman": {"attributor": 0.241, "classifier": -0.047}},
     )
     text = report.read_text()
+    assert "| flagged lesion images (p(c\\|I) ≥ θ = 0.307) | 49 of 60 | – |" in text
+    assert "| flipped: p(c\\|π(M̂)) ≤ θ | 0.816 | ≥ 0.80 |" in text and "below θ | 0.776 | – |" in text
+    assert "(δ = 0.088) | 0.062 | ≤ δ |" in text and "| 0.24 / -0.05 | < 0.2 |" in text
+    assert "| binary map M̂ overlaps the lesion | – | ≥ 0.70 |" in text  # absent figures print a dash
     assert "flip rate): 0.900" in text and "✓" in text
     assert "fig3_attribution_grid.png" in text and (report.parent / "fig3_attribution_grid.png").stat().st_size > 0
     assert "fig1c_roc.png" in text and (report.parent / "fig1c_roc.png").is_file()
@@ -94,7 +101,8 @@ def test_report_with_every_part(fragment, tmp_path):
 
 def test_report_names_what_is_missing(tmp_path):
     text = write_report(tmp_path, marginalization=tmp_path / "absent.json").read_text()
-    assert text.count("not available") == 3 and "configs/evaluate.json" in text and "scripts/benchmark.py" in text
+    assert text.count("not available") == 4 and "configs/evaluate.json" in text and "scripts/benchmark.py" in text
+    assert "python -m cfattr_monai.metrics.counterfactual" in text
 
 
 def test_timing_table_prints_dashes_for_skipped_methods():

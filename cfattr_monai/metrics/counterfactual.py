@@ -23,7 +23,7 @@ Randomization sanity check (:mod:`cfattr_monai.metrics.sanity`, target ρ < 0.2)
 
 Command line (prints JSON)::
 
-    python -m cfattr_monai.metrics.counterfactual bundles/attributor --split test
+    python -m cfattr_monai.metrics.counterfactual bundles/attributor --split test [--out acceptance.json]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from cfattr_monai.data.phantoms import write_healthy_twins
+from cfattr_monai.io.outputs import atomic_path
 from cfattr_monai.metrics.marginalization import load_split
 from cfattr_monai.metrics.sanity import randomization_check
 from cfattr_monai.networks.classifier_output import pathology_probability
@@ -136,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--checkpoint", default="models/model.pt", help="attributor weights, relative to the bundle")
     parser.add_argument("--split", default="test")
     parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, help="also write the JSON to this file")
     args = parser.parse_args(argv)
     config = ConfigParser()
     config.read_config([str(args.bundle / "configs" / "train.json"), *(str(args.bundle / o) for o in args.overlays)])
@@ -155,7 +157,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         threshold=threshold,
         device=args.device,
     )
-    print(json.dumps(summary, indent=2))
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text + "\n")
 
 
 if __name__ == "__main__":

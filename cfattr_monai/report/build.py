@@ -1,4 +1,5 @@
-"""Assemble the report: ``report.md`` with Table 1, its significance tests, Fig. 1c, the Fig. 3 grid and timing.
+"""Assemble the report: ``report.md`` with Table 1, its significance tests, the counterfactuals' acceptance figures,
+Fig. 1c, the Fig. 3 grid and timing.
 
 Every input is optional and may be a dict or the path of the JSON/NPZ file that holds it, so the report can be
 built at any stage of the pipeline; a missing part is named in the report with the command that produces it.
@@ -72,6 +73,46 @@ def _attribution_section(attribution: Mapping | None, examples, out_dir: Path) -
     return lines
 
 
+def _counterfactual_section(acceptance: Mapping | None) -> list[str]:
+    lines = ["## Counterfactuals: flip rate, localization, area, randomization", ""]
+    if acceptance is None:
+        command = "python -m cfattr_monai.metrics.counterfactual bundles/attributor --out acceptance.json"
+        return lines + [f"not available: run `{command}`.", ""]
+
+    def value(key: str, digits: int = 3) -> str:
+        number = acceptance.get(key)
+        return "–" if number is None else f"{number:.{digits}f}"
+
+    def pair(key: str) -> str:
+        both = acceptance.get(key) or {}
+        return " / ".join("–" if both.get(k) is None else f"{both[k]:.2f}" for k in ("attributor", "classifier"))
+
+    theta = acceptance.get("threshold")
+    rows = [
+        ("flagged lesion images (p(c\\|I) ≥ θ" + (f" = {theta:.3g}" if theta is not None else "") + ")",
+         f"{acceptance.get('flagged_lesion_images')} of {acceptance.get('lesion_images')}", "–"),
+        ("flipped: p(c\\|π(M̂)) ≤ θ", value("flipped"), "≥ 0.80"),
+        ("reference: the healthy twin (the phantom without its lesions) below θ", value("twin_flipped"), "–"),
+        ("reference: π of the lesion's compact hull below θ", value("oracle_flipped"), "–"),
+        ("flipped, among the images whose healthy twin is below θ", value("flipped_where_twin_flips"), "–"),
+        ("binary map M̂ overlaps the lesion", value("lesion_hit"), "≥ 0.70"),
+        ("mean d(M̂) of the flagged lesion images (δ = " + value("delta") + ")", value("mean_area_flagged"), "≤ δ"),
+        ("mean map area, healthy ÷ lesion images", value("healthy_to_lesion_area"), "< 0.33"),
+        ("Spearman ρ vs re-initialized attributor / randomized classifier, whole image",
+         pair("randomization_spearman"), "< 0.2"),
+        ("the same inside the organ", pair("randomization_spearman_organ"), "–"),
+    ]
+    return lines + [
+        f"Test split, {acceptance.get('images')} images. The healthy twin bounds what removing the lesions can "
+        "achieve: a flagged image whose twin stays above θ is flagged for its anatomy.",
+        "",
+        "| quantity | value | acceptance |",
+        "|---|---|---|",
+        *(f"| {name} | {number} | {target} |" for name, number, target in rows),
+        "",
+    ]
+
+
 def _marginalization_section(marginalization: Mapping | None, out_dir: Path) -> list[str]:
     lines = ["## Marginalization: classifier ROC with inpainting (paper Fig. 1c)", ""]
     if marginalization is None:
@@ -127,6 +168,7 @@ def write_report(
     examples: Mapping | str | Path | None = None,
     marginalization: JsonInput = None,
     timing: Sequence[JsonInput] = (),
+    acceptance: JsonInput = None,
     title: str = "cfattr-monai report",
 ) -> Path:
     """Write ``out_dir/report.md`` (+ PNG figures) and ``out_dir/report_metrics.json``; return the report's path.
@@ -137,22 +179,26 @@ def write_report(
         examples: the maps of the Fig. 3 images, a dict or ``attribution_examples.npz``.
         marginalization: the inpainter evaluation (``bundles/inpainter/eval/marginalization.json``) or its dict.
         timing: ``scripts/benchmark.py`` records or their JSON files (missing files are skipped).
+        acceptance: :func:`~cfattr_monai.metrics.counterfactual.acceptance_summary` of the trained attributor, or
+            the JSON file its command line writes with ``--out``.
         title: the report's heading.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    attribution, marginalization = _read_json(attribution), _read_json(marginalization)
+    attribution, marginalization, acceptance = map(_read_json, (attribution, marginalization, acceptance))
     if isinstance(examples, (str, Path)):
         examples = dict(np.load(examples)) if Path(examples).is_file() else None
     records = [r for r in map(_read_json, timing) if r is not None]
     lines = [f"# {title}", ""]
     lines += _attribution_section(attribution, examples, out_dir)
+    lines += _counterfactual_section(acceptance)
     lines += _marginalization_section(marginalization, out_dir)
     lines += _timing_section(records)
     report = out_dir / "report.md"
     with atomic_path(report) as tmp:
         tmp.write_text("\n".join(lines))
-    summary = {"attribution": attribution, "marginalization": marginalization, "timing": records}
+    summary = {"attribution": attribution, "acceptance": acceptance, "marginalization": marginalization,
+               "timing": records}
     with atomic_path(out_dir / "report_metrics.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return report
