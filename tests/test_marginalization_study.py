@@ -158,3 +158,40 @@ def test_sensitivity_floor(gain, std, floor_zero):
 def test_sensitivity_floor_needs_noise(std):
     with pytest.raises(ValueError, match="floor_noise_std"):
         marginalization_study(_MeanIntensity(1.0), {"inpaint": get_marginalizer("mean")}, _study_data(), n_runs=1, floor_noise_std=std)
+
+
+def _twin_data(n: int = 8, size: int = 16) -> dict:
+    """Healthy twins (mean ≈ 0.5) + a bright 4×4 lesion on every odd image."""
+    torch.manual_seed(1)
+    twins = 0.3 + 0.4 * torch.rand(n, 1, size, size)
+    lesion = torch.zeros_like(twins)
+    lesion[1::2, :, 6:10, 6:10] = 1.0
+    return {"image": twins + 0.3 * lesion, "twin": twins, "lesion": lesion, "organ": torch.ones_like(twins),
+            "label": torch.arange(n) % 2}
+
+
+@pytest.mark.parametrize(
+    "gain, with_twins, inpaint_dp_zero, mean_dp_zero",
+    [
+        (100.0, True, True, False),  # the twin's own pixels in the hole: the true counterfactual, Δp = 0
+        (0.0, True, True, True),  # a classifier that ignores the pixels: no fill moves it
+        (100.0, False, None, None),  # no twins (real data): no twin figures
+    ],
+)
+def test_counterfactuals_scored_against_the_healthy_twins(gain, with_twins, inpaint_dp_zero, mean_dp_zero):
+    data = _twin_data()
+    twins, sick = data["twin"], data["label"] == 1
+
+    def truth(images, holes):  # the twin's pixels in the hole; called on every image and on the pathological ones
+        return images * (1 - holes) + (twins if len(images) == len(twins) else twins[sick]) * holes
+
+    if not with_twins:
+        data.pop("twin")
+    results = marginalization_study(_MeanIntensity(gain), {"inpaint": truth, "mean": get_marginalizer("mean")}, data,
+                                    n_runs=2)
+    if not with_twins:
+        assert "twin_abs_dp" not in results and "twin_psnr" not in results
+        return
+    assert (results["twin_abs_dp"]["inpaint"] < 1e-6) is inpaint_dp_zero
+    assert (results["twin_abs_dp"]["mean"] < 1e-6) is mean_dp_zero
+    assert results["twin_psnr"]["inpaint"] >= 100 > results["twin_psnr"]["mean"]  # exact pixels vs a flat fill

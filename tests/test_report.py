@@ -71,6 +71,7 @@ def test_report_with_every_part(fragment, tmp_path):
     marginalization = {"auc_none": 0.9, "auc_healthy_inpaint": 0.89, "auc_lesion_inpaint": 0.8,
                        "mean_abs_dp_healthy": {"inpaint": 0.02, "blur": 0.03},
                        "sensitivity_floor": {"noise_std": 0.01, "mean_abs_dp_healthy": 0.0157, "psnr": 40.0},
+                       "twin_abs_dp": {"inpaint": 0.05, "blur": 0.12}, "twin_psnr": {"inpaint": 27.04, "blur": 22.0},
                        "roc": {"none": {"fpr": [0, 0.5, 1], "tpr": [0, 0.9, 1]}}}
     timing = {"device": "cpu", "backbone": "densenet121", "size": [256, 256], "batch": 8,
               "maps_per_s": {"ours": 8.0, "gradcam": 2.0, "iterative": None},
@@ -94,6 +95,7 @@ def test_report_with_every_part(fragment, tmp_path):
     assert "fig3_attribution_grid.png" in text and (report.parent / "fig3_attribution_grid.png").stat().st_size > 0
     assert "fig1c_roc.png" in text and (report.parent / "fig1c_roc.png").is_file()
     assert "| 0.0200 | 0.0300 |" in text and "N(0, 0.01²)" in text and "by 0.0157" in text
+    assert "| π | inpaint | blur |" in text and "to the twin | 0.0500 | 0.1200 |" in text and "| 27.0 | 22.0 |" in text
     assert "| densenet121 | 256×256 | 8 | cpu | 8 |" in text
     assert json.loads((report.parent / "report_metrics.json").read_text())["timing"][0]["batch"] == 8
     assert not list(report.parent.glob(".tmp-*"))

@@ -19,11 +19,20 @@ holes are also filled by blur, noise and the mean:
   holes (σ = ``floor_noise_std``, 0.01 by default: 40 dB). It is not a marginalizer but the classifier's own
   sensitivity: a fill that keeps every pixel within 1 % of the truth still moves p(c|·) by this much, so no
   marginalizer's |Δp| can be expected to go far below it.
+
+On phantoms the truth is known (``data["twin"]``: each image drawn again without its lesions,
+:func:`~cfattr_monai.data.phantoms.write_healthy_twins`), so the counterfactual itself can be scored: the lesion
+holes of (iii), filled by each π, against the healthy twin —
+
+* ``twin_abs_dp[π]`` = mean over runs and pathological images of ``|p(c|π(I)) − p(c|twin)|`` — lower is better: how
+  far the classifier's verdict on the counterfactual is from its verdict on the true healthy image;
+* ``twin_psnr[π]``: PSNR inside the hole against the twin's pixels — higher is better.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +44,7 @@ from monai.metrics.regression import compute_ssim_and_cs
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityd, ScaleIntensityRanged
 from scipy.ndimage import binary_dilation
 
+from cfattr_monai.data.phantoms import write_healthy_twins
 from cfattr_monai.data.validate import check_datalist
 from cfattr_monai.io.outputs import atomic_path, save_figure
 from cfattr_monai.networks.classifier_output import pathology_probability
@@ -163,7 +173,7 @@ def marginalization_study(
     Args:
         classifier: binary classifier, images (B, 1, H, W) → (B, 1) logits, in eval mode.
         marginalizers: name → π; ``inpaint`` gives (ii)/(iii), every π gives ``mean_abs_dp_healthy``/``psnr``/``ssim``.
-        data: :func:`load_split` output.
+        data: :func:`load_split` output, optionally with ``twin`` (N, 1, H, W): the healthy twins (module doc).
         n_runs: random hole draws.
         hole_ratio: hole area as a fraction of the allowed area (organ minus lesion, or organ), ``(low, high)``.
         seed: run ``r`` draws its holes from ``np.random.default_rng([seed, r])``; noise uses ``torch.manual_seed``.
@@ -175,7 +185,8 @@ def marginalization_study(
         JSON-ready dict: ``auc_none``, ``auc_healthy_<π>`` and ``auc_lesion_inpaint`` (each mean/std/runs; the
         latter None when the split has no lesion mask),
         ``mean_abs_dp_healthy``, ``psnr``, ``ssim`` (π → value), ``sensitivity_floor`` (``noise_std``,
-        ``mean_abs_dp_healthy``, ``psnr``), ``roc`` (curves of the first run) and the settings.
+        ``mean_abs_dp_healthy``, ``psnr``), with twins ``twin_abs_dp`` and ``twin_psnr`` (π → value), ``roc``
+        (curves of the first run) and the settings.
 
     Raises:
         ValueError: no ``inpaint`` marginalizer, the split lacks healthy or pathological images, or
@@ -197,6 +208,11 @@ def marginalization_study(
     ssim = {name: [] for name in marginalizers}
     auc_lesion, roc, floor_dp, floor_psnr = [], {}, [], []
     annotated = bool(data["lesion"].any())  # no lesion masks at all (chest X-ray): no (iii), as in the paper
+    twins = data.get("twin") if annotated else None
+    sick = labels == 1
+    if twins is not None:
+        p_twin = _probabilities(classifier, twins[sick], device, batch_size)
+        twin_dp, twin_psnr = {name: [] for name in marginalizers}, {name: [] for name in marginalizers}
 
     def healthy_change(filled: torch.Tensor, holes: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         """p(c|filled), and over the healthy images the mean |Δp| and the hole PSNR."""
@@ -228,6 +244,13 @@ def marginalization_study(
         auc_lesion.append(auc(p_lesion))
         if run == 0:
             roc["lesion_inpaint"] = p_lesion
+        if twins is None:
+            continue
+        for name, pi in marginalizers.items():
+            counterfactual = _marginalize(pi, data["image"][sick], lesion_holes[sick], device, batch_size)
+            p = _probabilities(classifier, counterfactual, device, batch_size)
+            twin_dp[name].append(float((p - p_twin).abs().mean()))
+            twin_psnr[name].append(float(hole_psnr(counterfactual, twins[sick], lesion_holes[sick]).mean()))
     roc["none"] = p_none
     return {
         "auc_none": _mean_std([auc(p_none)]),
@@ -237,6 +260,8 @@ def marginalization_study(
         "psnr": {name: float(np.mean(v)) for name, v in psnr.items()},
         "ssim": {name: float(np.mean(v)) for name, v in ssim.items()},
         "sensitivity_floor": {"noise_std": floor_noise_std, "mean_abs_dp_healthy": float(np.mean(floor_dp)), "psnr": float(np.mean(floor_psnr))},
+        **({"twin_abs_dp": {name: float(np.mean(v)) for name, v in twin_dp.items()},
+            "twin_psnr": {name: float(np.mean(v)) for name, v in twin_psnr.items()}} if twins is not None else {}),
         "roc": {key: dict(zip(("fpr", "tpr"), map(np.ndarray.tolist, roc_curve(labels.numpy(), p.numpy())))) for key, p in roc.items()},
         "settings": {"n_runs": n_runs, "hole_ratio": list(hole_ratio), "seed": seed, "n_images": len(labels), "n_healthy": int(healthy.sum())},
     }
@@ -275,10 +300,14 @@ def write_study(
     device: str | torch.device = "cpu",
     image_size: Sequence[int] | None = None,
 ) -> dict:
-    """Load ``split`` of ``datalist`` (resized to ``image_size``, see :func:`load_split`), run
-    :func:`marginalization_study`, write ``marginalization.json`` and ``fig1c_roc.png``."""
+    """Load ``split`` of ``datalist`` (resized to ``image_size``, see :func:`load_split`; for a phantom data set also
+    its healthy twins), run :func:`marginalization_study`, write ``marginalization.json`` and ``fig1c_roc.png``."""
     start = time.perf_counter()
-    results = marginalization_study(classifier, marginalizers, load_split(datalist, split, image_size), n_runs, tuple(hole_ratio), seed, device)
+    data = load_split(datalist, split, image_size)
+    if (Path(datalist).parent / "phantoms.json").is_file():  # phantoms: score the counterfactuals against the truth
+        with tempfile.TemporaryDirectory() as folder:
+            data["twin"] = load_split(write_healthy_twins(datalist, split, folder), split, image_size)["image"]
+    results = marginalization_study(classifier, marginalizers, data, n_runs, tuple(hole_ratio), seed, device)
     results["settings"].update(
         split=split, datalist=str(datalist), image_size=None if image_size is None else list(image_size),
         wall_time_s=round(time.perf_counter() - start, 1),

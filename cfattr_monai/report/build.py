@@ -140,6 +140,19 @@ def _marginalization_section(marginalization: Mapping | None, out_dir: Path) -> 
             "| " + " | ".join(f"{v:.4f}" for v in dp.values()) + " |",
             "",
         ]
+    twin_dp, twin_psnr = marginalization.get("twin_abs_dp"), marginalization.get("twin_psnr")
+    if isinstance(twin_dp, Mapping) and isinstance(twin_psnr, Mapping):
+        lines += [
+            "The lesion holes of (iii) filled by each π, against the healthy twin (the phantom drawn without its "
+            "lesions — the true counterfactual): mean |p(c|π(I)) − p(c|twin)| (lower is better) and the hole PSNR "
+            "against the twin (higher is better):",
+            "",
+            "| π | " + " | ".join(twin_dp) + " |",
+            "|---" * (len(twin_dp) + 1) + "|",
+            "| \\|Δp\\| to the twin | " + " | ".join(f"{v:.4f}" for v in twin_dp.values()) + " |",
+            "| hole PSNR to the twin (dB) | " + " | ".join(f"{twin_psnr[k]:.1f}" for k in twin_dp) + " |",
+            "",
+        ]
     floor = marginalization.get("sensitivity_floor")
     if isinstance(floor, Mapping):
         lines += [
