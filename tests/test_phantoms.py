@@ -83,14 +83,18 @@ def test_healthy_twins_remove_exactly_the_lesions(tmp_path, kind, split):
         (lambda root: (root / "phantoms.json").unlink(), "phantoms.json not found"),
         (lambda root: (root / "datalist.json").write_text(json.dumps({"test": [
             {"image": "images/scan_1.png", "label": 0, "organ": "organs/scan_1.png"}]})), "expected a phantom named"),
+        (lambda root: (root / "datalist.json").write_text(json.dumps({"training": [], "test": []})),
+         r"no images in split 'test' \(splits: \['test', 'training'\]\)"),
+        (lambda root: None, r"no images in split 'testing'"),
     ],
-    ids=["not-a-phantom-set", "foreign-file-name"],
+    ids=["not-a-phantom-set", "foreign-file-name", "empty-split", "unknown-split"],
 )
 def test_healthy_twins_bad_input(tmp_path, prepare, match):
     datalist = write_phantom_dataset(tmp_path / "set", n=10, size=32)
     prepare(datalist.parent)
+    split = "testing" if "testing" in match else "test"
     with pytest.raises(ValueError, match=match):
-        write_healthy_twins(datalist, "test", tmp_path / "twins")
+        write_healthy_twins(datalist, split, tmp_path / "twins")
 
 
 def test_lesion_radius_follows_difficulty():

@@ -284,7 +284,8 @@ def write_healthy_twins(datalist, split: str, out_dir) -> Path:
             set's files, lesions are absent, labels 0) into; created if missing.
 
     Raises:
-        ValueError: no ``phantoms.json`` beside ``datalist``, or an image not named ``<kind>_<index>.png``.
+        ValueError: no ``phantoms.json`` beside ``datalist``, ``split`` missing or empty, or an image not named
+            ``<kind>_<index>.png``.
 
     Example:
         >>> import tempfile
@@ -301,7 +302,10 @@ def write_healthy_twins(datalist, split: str, out_dir) -> Path:
                          "write_phantom_dataset.")
     parameters = json.loads(recorded.read_text())
     kind, size, seed = parameters["kind"], parameters["size"], parameters["seed"]
-    items = json.loads(datalist.read_text())[split]
+    lists = json.loads(datalist.read_text())
+    if not lists.get(split):
+        raise ValueError(f"{datalist}: no images in split {split!r} (splits: {sorted(lists)}); pass one of those.")
+    items = lists[split]
     (out_dir / "twins").mkdir(parents=True, exist_ok=True)
     twins = []
     for item in items:
