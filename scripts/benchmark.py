@@ -276,7 +276,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width-mult", type=float, default=1.0, help="MobileNet v1 width (paper 1.0, demo 0.5)")
     parser.add_argument("--inpainter-levels", type=int, help="default: 8 (mobilenet_v1), 7 (densenet121)")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile ours, the forward and saliency_batched")
+    parser.add_argument("--compile", action="store_true", help="torch.compile ours, the forward and saliency_batched "
+                        "(MobileNet v1; MONAI's DenseNet-121 recompiles every dense layer and overran 110 s on an H200)")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for every method")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=3)
