@@ -4,8 +4,7 @@ Stages, one progress line each with its elapsed time: the phantom data set; the 
 evaluate, each ``python -m monai.bundle run`` in its own folder, see :mod:`cfattr_monai.pipeline`); the attributor's
 inference on the test split; its acceptance figures (:mod:`cfattr_monai.metrics.counterfactual`: flip rate against
 the healthy twins, lesion overlap, area, randomization check); a small benchmark (``scripts/benchmark.py``); the
-report. Trained bundles are reused
-unless ``--fresh``. Exits non-zero at the first failing stage, naming it.
+report. Trained bundles are reused unless ``--fresh``. Exits non-zero at the first failing stage, naming it.
 
 Run ``python -m cfattr_monai.demo --out reports/demo`` (what ``make demo`` does).
 """

@@ -30,15 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from cfattr_monai.data.phantoms import write_healthy_twins
 from cfattr_monai.io.outputs import atomic_path
-from cfattr_monai.metrics.marginalization import load_split
+from cfattr_monai.metrics.marginalization import load_split, load_twins
 from cfattr_monai.metrics.sanity import randomization_check
 from cfattr_monai.networks.classifier_output import pathology_probability
 from cfattr_monai.transforms.masks import map_into_compact
@@ -105,9 +103,8 @@ def acceptance_summary(
         "mean_area_healthy_images": mean(area, healthy),
         "flagged_healthy_images": int((healthy & (out["p"] >= threshold)).sum()),
     }
-    if (Path(datalist).parent / "phantoms.json").is_file():
-        with tempfile.TemporaryDirectory() as folder:
-            twins = load_split(write_healthy_twins(datalist, split, folder), split, image_size)["image"]
+    twins = load_twins(datalist, split, image_size)
+    if twins is not None:
         twin_p = torch.cat([pathology_probability(explainer.classifier(batch.to(device))).cpu()
                             for batch in twins.split(batch_size)])
         twin_flips = flagged & (twin_p <= threshold)

@@ -51,7 +51,8 @@ from cfattr_monai.networks.classifier_output import pathology_probability
 from cfattr_monai.transforms.marginalize import Marginalizer
 from cfattr_monai.transforms.masks import irregular_hole_mask
 
-__all__ = ["hole_psnr", "hole_ssim", "load_split", "marginalization_study", "roc_curve", "save_fig1c", "write_study"]
+__all__ = ["hole_psnr", "hole_ssim", "load_split", "load_twins", "marginalization_study", "roc_curve", "save_fig1c",
+           "write_study"]
 
 LESION_MARGIN = 2  # pixels: healthy-tissue holes keep this distance to a lesion, lesion holes cover this much more
 
@@ -98,6 +99,18 @@ def load_split(
     out["lesion"], out["organ"] = (out["lesion"] > 0.5).float(), (out["organ"] > 0.5).float()
     out["label"] = torch.tensor([d["label"] for d in loaded])
     return out
+
+
+def load_twins(datalist: str | Path, split: str = "test", image_size: Sequence[int] | None = None) -> torch.Tensor | None:
+    """The healthy twins of ``split`` (N, 1, H, W), loaded as :func:`load_split` loads the images.
+
+    None unless ``datalist`` is a phantom data set (``phantoms.json`` beside it); the twins are written to a temporary
+    folder by :func:`~cfattr_monai.data.phantoms.write_healthy_twins`.
+    """
+    if not (Path(datalist).parent / "phantoms.json").is_file():
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        return load_split(write_healthy_twins(datalist, split, folder), split, image_size)["image"]
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -304,9 +317,9 @@ def write_study(
     its healthy twins), run :func:`marginalization_study`, write ``marginalization.json`` and ``fig1c_roc.png``."""
     start = time.perf_counter()
     data = load_split(datalist, split, image_size)
-    if (Path(datalist).parent / "phantoms.json").is_file():  # phantoms: score the counterfactuals against the truth
-        with tempfile.TemporaryDirectory() as folder:
-            data["twin"] = load_split(write_healthy_twins(datalist, split, folder), split, image_size)["image"]
+    twins = load_twins(datalist, split, image_size)  # phantoms: score the counterfactuals against the truth
+    if twins is not None:
+        data["twin"] = twins
     results = marginalization_study(classifier, marginalizers, data, n_runs, tuple(hole_ratio), seed, device)
     results["settings"].update(
         split=split, datalist=str(datalist), image_size=None if image_size is None else list(image_size),

@@ -103,7 +103,7 @@ def _counterfactual_section(acceptance: Mapping | None) -> list[str]:
         ("the same inside the organ", pair("randomization_spearman_organ"), "–"),
     ]
     return lines + [
-        f"Test split, {acceptance.get('images')} images. The healthy twin bounds what removing the lesions can "
+        f"Split `{acceptance.get('split', 'test')}`, {acceptance.get('images')} images. The healthy twin bounds what removing the lesions can "
         "achieve: a flagged image whose twin stays above θ is flagged for its anatomy.",
         "",
         "| quantity | value | acceptance |",
