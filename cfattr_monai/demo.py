@@ -53,6 +53,7 @@ def collect_metrics(out_dir: Path, bundles_dir: Path = BUNDLES_DIR) -> dict:
             "auc_lesion_inpaint": auc("auc_lesion_inpaint"),
             "mean_abs_dp_healthy": marginalization.get("mean_abs_dp_healthy"),
             "sensitivity_floor": marginalization.get("sensitivity_floor"),
+            "twin_abs_dp": marginalization.get("twin_abs_dp"),
         },
         "attribution": {key: attribution.get(key) for key in ("ours", "gradcam", "saliency", "wilcoxon_p", "flip_rate")},
         "acceptance": _read(out_dir / "acceptance.json"),

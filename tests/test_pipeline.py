@@ -51,3 +51,4 @@ def test_metrics_collect_what_exists_and_none_elsewhere(tmp_path):
     metrics = collect_metrics(tmp_path / "out", bundles_dir=tmp_path)
     assert metrics["classifier"]["auc"] == 0.87
     assert metrics["inpainter"]["auc_none"] is None and metrics["timing"] is None and metrics["acceptance"] is None
+    assert metrics["inpainter"]["twin_abs_dp"] is None
