@@ -183,6 +183,11 @@ def _parameters(kind: str, n: int, size: int, seed: int, splits, settings: Diffi
     }
 
 
+def _save_image(image: np.ndarray, path: Path) -> None:
+    """A phantom image in [0, 1] as the data set stores it: 8-bit grey PNG."""
+    save_png(np.round(image * 255.0).astype(np.uint8), path)
+
+
 def _write_into(folder: Path, parameters: dict, settings: Difficulty) -> None:
     """Write every file of a data set into an existing, empty ``folder``."""
     kind, n, size, seed = (parameters[k] for k in ("kind", "n", "size", "seed"))
@@ -195,7 +200,7 @@ def _write_into(folder: Path, parameters: dict, settings: Difficulty) -> None:
         sample = generate_phantom(kind, size, np.random.default_rng([seed, index]), label=int(label),
                                   **dataclasses.asdict(settings))
         name = f"{kind}_{index:05d}.png"
-        save_png(np.round(sample["image"] * 255.0).astype(np.uint8), folder / "images" / name)
+        _save_image(sample["image"], folder / "images" / name)
         save_png(sample["lesion"] * np.uint8(255), folder / "lesions" / name)
         save_png(sample["organ"] * np.uint8(255), folder / "organs" / name)
         items.append({"image": f"images/{name}", "label": int(label), "lesion": f"lesions/{name}",
@@ -315,7 +320,7 @@ def write_healthy_twins(datalist, split: str, out_dir) -> Path:
             raise ValueError(f"{datalist.parent / item['image']}: expected a phantom named '{kind}_<index>.png'.")
         sample = generate_phantom(kind, size, np.random.default_rng([seed, int(index)]), label=0,
                                   **parameters["difficulty"])
-        save_png(np.round(sample["image"] * 255.0).astype(np.uint8), out_dir / "twins" / name)
+        _save_image(sample["image"], out_dir / "twins" / name)
         twins.append({"image": f"twins/{name}", "label": 0, "organ": os.path.relpath(datalist.parent / item["organ"],
                                                                                      out_dir)})
     path = out_dir / "datalist.json"

@@ -253,15 +253,19 @@ def marginalization_study(
         if not annotated:
             continue
         lesion_holes = _holes(data, rng, hole_ratio, over_lesion=True)
-        p_lesion = _probabilities(classifier, _marginalize(marginalizers["inpaint"], data["image"], lesion_holes, device, batch_size), device, batch_size)
+        lesion_filled = _marginalize(marginalizers["inpaint"], data["image"], lesion_holes, device, batch_size)
+        p_lesion = _probabilities(classifier, lesion_filled, device, batch_size)
         auc_lesion.append(auc(p_lesion))
         if run == 0:
             roc["lesion_inpaint"] = p_lesion
         if twins is None:
             continue
         for name, pi in marginalizers.items():
-            counterfactual = _marginalize(pi, data["image"][sick], lesion_holes[sick], device, batch_size)
-            p = _probabilities(classifier, counterfactual, device, batch_size)
+            if name == "inpaint":  # filled and scored above for (iii)
+                counterfactual, p = lesion_filled[sick], p_lesion[sick]
+            else:
+                counterfactual = _marginalize(pi, data["image"][sick], lesion_holes[sick], device, batch_size)
+                p = _probabilities(classifier, counterfactual, device, batch_size)
             twin_dp[name].append(float((p - p_twin).abs().mean()))
             twin_psnr[name].append(float(hole_psnr(counterfactual, twins[sick], lesion_holes[sick]).mean()))
     roc["none"] = p_none
