@@ -21,7 +21,7 @@ import numpy as np
 
 from cfattr_monai.io.outputs import atomic_path
 from cfattr_monai.report.figures import save_attribution_grid, save_roc_figure
-from cfattr_monai.report.tables import significance_table, table1, timing_table, verdicts
+from cfattr_monai.report.tables import markdown_table, significance_table, table1, timing_table, verdicts
 
 __all__ = ["write_report"]
 
@@ -106,9 +106,7 @@ def _counterfactual_section(acceptance: Mapping | None) -> list[str]:
         f"Split `{acceptance.get('split', 'test')}`, {acceptance.get('images')} images. The healthy twin bounds what removing the lesions can "
         "achieve: a flagged image whose twin stays above θ is flagged for its anatomy.",
         "",
-        "| quantity | value | acceptance |",
-        "|---|---|---|",
-        *(f"| {name} | {number} | {target} |" for name, number, target in rows),
+        *markdown_table(["quantity", "value", "acceptance"], rows),
         "",
     ]
 
@@ -125,9 +123,8 @@ def _marginalization_section(marginalization: Mapping | None, out_dir: Path) -> 
         return "–" if value is None else f"{value:.3f}"
 
     lines += [
-        "| AUC unchanged | AUC inpainting in healthy tissue | AUC inpainting in lesions |",
-        "|---|---|---|",
-        f"| {auc('auc_none')} | {auc('auc_healthy_inpaint')} | {auc('auc_lesion_inpaint')} |",
+        *markdown_table(["AUC unchanged", "AUC inpainting in healthy tissue", "AUC inpainting in lesions"],
+                        [[auc("auc_none"), auc("auc_healthy_inpaint"), auc("auc_lesion_inpaint")]]),
         "",
     ]
     dp = marginalization.get("mean_abs_dp_healthy")
@@ -135,9 +132,7 @@ def _marginalization_section(marginalization: Mapping | None, out_dir: Path) -> 
         lines += [
             "Mean |Δp(c)| after marginalizing healthy tissue (lower = more domain-faithful):",
             "",
-            "| " + " | ".join(dp) + " |",
-            "|---" * len(dp) + "|",
-            "| " + " | ".join(f"{v:.4f}" for v in dp.values()) + " |",
+            *markdown_table(list(dp), [[f"{v:.4f}" for v in dp.values()]]),
             "",
         ]
     twin_dp, twin_psnr = marginalization.get("twin_abs_dp"), marginalization.get("twin_psnr")
@@ -147,10 +142,10 @@ def _marginalization_section(marginalization: Mapping | None, out_dir: Path) -> 
             "lesions — the true counterfactual): mean |p(c|π(I)) − p(c|twin)| (lower is better) and the hole PSNR "
             "against the twin (higher is better):",
             "",
-            "| π | " + " | ".join(twin_dp) + " |",
-            "|---" * (len(twin_dp) + 1) + "|",
-            "| \\|Δp\\| to the twin | " + " | ".join(f"{v:.4f}" for v in twin_dp.values()) + " |",
-            "| hole PSNR to the twin (dB) | " + " | ".join(f"{twin_psnr[k]:.1f}" for k in twin_dp) + " |",
+            *markdown_table(["π", *twin_dp], [
+                ["\\|Δp\\| to the twin", *(f"{v:.4f}" for v in twin_dp.values())],
+                ["hole PSNR to the twin (dB)", *(f"{twin_psnr[k]:.1f}" for k in twin_dp)],
+            ]),
             "",
         ]
     floor = marginalization.get("sensitivity_floor")

@@ -14,16 +14,29 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from cfattr_monai.metrics.localization import METRIC_DIRECTIONS
 
-__all__ = ["BASELINE_NAMES", "significance_table", "table1", "timing_table", "verdicts"]
+__all__ = ["BASELINE_NAMES", "markdown_table", "significance_table", "table1", "timing_table", "verdicts"]
 
 #: Display names of the baselines, as in the paper's Table 1 columns.
 BASELINE_NAMES = {"gradcam": "Grad-CAM", "saliency": "saliency"}
 #: Significance level of the acceptance criterion (the paper reports all p < 1e-2).
 ALPHA = 0.01
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table: ``header``, the separator, one line per row of cells.
+
+    Example:
+        >>> for line in markdown_table(["a", "b"], [["1", "2"]]):
+        ...     print(line)
+        | a | b |
+        |---|---|
+        | 1 | 2 |
+    """
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def _mean_std(summary: Mapping) -> str:
@@ -52,26 +65,23 @@ def table1(fragment: Mapping, baselines: Sequence[str] = ("gradcam", "saliency")
     top = [
         f"Hausdorff distance H (px, lower is better) and weak localization L (higher is better), n = {n} lesion images",
         "",
-        "| P | H ours | " + " | ".join(f"H {x}" for x in names)
-        + " | L ours | " + " | ".join(f"L {x}" for x in names) + " |",
-        "|---" * (3 + 2 * len(names)) + "|",
+        *markdown_table(
+            ["P", "H ours", *(f"H {x}" for x in names), "L ours", *(f"L {x}" for x in names)],
+            ([p.lstrip("P"), _mean_std(ours["H"]), *(_mean_std(fragment[b][p]["H"]) for b in baselines),
+              _mean(ours["L"]), *(_mean(fragment[b][p]["L"]) for b in baselines)] for p in percentiles),
+        ),
     ]
-    for p in percentiles:
-        h = [_mean_std(fragment[b][p]["H"]) for b in baselines]
-        lo = [_mean(fragment[b][p]["L"]) for b in baselines]
-        top.append(f"| {p.lstrip('P')} | {_mean_std(ours['H'])} | " + " | ".join(h) + f" | {_mean(ours['L'])} | "
-                   + " | ".join(lo) + " |")
     bottom = [
         "",
         f"Area ratio A = |M̂| / |{'image' if fragment.get('settings', {}).get('area_reference') == 'image' else 'organ'}|"
         " (lower is better)",
         "",
-        "| P | A ours | " + " | ".join(f"A {x}" for x in names) + " |",
-        "|---" * (2 + len(names)) + "|",
+        *markdown_table(
+            ["P", "A ours", *(f"A {x}" for x in names)],
+            ([p.lstrip("P"), _mean_std(ours["A"]), *(_mean_std(fragment[b][p]["A"]) for b in baselines)]
+             for p in percentiles),
+        ),
     ]
-    for p in percentiles:
-        bottom.append(f"| {p.lstrip('P')} | {_mean_std(ours['A'])} | "
-                      + " | ".join(_mean_std(fragment[b][p]["A"]) for b in baselines) + " |")
     return "\n".join(top + bottom)
 
 
@@ -96,19 +106,17 @@ def significance_table(fragment: Mapping, baselines: Sequence[str] = ("gradcam",
     marks = verdicts(fragment, baselines)
     names = [BASELINE_NAMES.get(b, b) for b in baselines]
     columns = [f"{m} vs {x}" for m in METRIC_DIRECTIONS for x in names]
+    def cell(p: str, metric: str, b: str) -> str:
+        v = marks[b][p][metric]
+        return f"{v['p']:.2g} {'✓' if v['significant'] else '✗'}"
+
+    rows = ([p.lstrip("P"), *(cell(p, m, b) for m in METRIC_DIRECTIONS for b in baselines)]
+            for p in _percentiles(fragment, baselines))
     lines = [
         "Wilcoxon signed-rank p (two-sided, paired per image); ✓ ours better with p < 0.01, ✗ otherwise",
         "",
-        "| P | " + " | ".join(columns) + " |",
-        "|---" * (1 + len(columns)) + "|",
+        *markdown_table(["P", *columns], rows),
     ]
-    for p in _percentiles(fragment, baselines):
-        cells = []
-        for metric in METRIC_DIRECTIONS:
-            for b in baselines:
-                v = marks[b][p][metric]
-                cells.append(f"{v['p']:.2g} {'✓' if v['significant'] else '✗'}")
-        lines.append(f"| {p.lstrip('P')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -117,16 +125,8 @@ def timing_table(records: Sequence[Mapping]) -> str:
     methods = ["ours", "ours_with_counterfactual", "gradcam", "saliency", "saliency_batched", "iterative",
                "classifier_forward"]
     ratios = ["ours_vs_gradcam", "ours_vs_saliency", "ours_vs_saliency_batched", "ours_vs_iterative", "ours_vs_forward"]
-    lines = [
-        "| backbone | size | batch | device | " + " | ".join(methods) + " | " + " | ".join(ratios) + " |",
-        "|---" * (4 + len(methods) + len(ratios)) + "|",
-    ]
     fmt = lambda v: "–" if v is None else f"{v:.3g}"  # noqa: E731 - local formatter
-    for r in records:
-        size = "×".join(str(s) for s in r["size"])
-        lines.append(
-            f"| {r.get('backbone', '?')} | {size} | {r['batch']} | {r['device']} | "
-            + " | ".join(fmt(r["maps_per_s"].get(m)) for m in methods) + " | "
-            + " | ".join(fmt(r["ratios"].get(k)) for k in ratios) + " |"
-        )
-    return "\n".join(lines)
+    rows = ([r.get("backbone", "?"), "×".join(str(s) for s in r["size"]), str(r["batch"]), r["device"],
+             *(fmt(r["maps_per_s"].get(m)) for m in methods), *(fmt(r["ratios"].get(k)) for k in ratios)]
+            for r in records)
+    return "\n".join(markdown_table(["backbone", "size", "batch", "device", *methods, *ratios], rows))
