@@ -52,3 +52,13 @@ def test_metrics_collect_what_exists_and_none_elsewhere(tmp_path):
     assert metrics["classifier"]["auc"] == 0.87
     assert metrics["inpainter"]["auc_none"] is None and metrics["timing"] is None and metrics["acceptance"] is None
     assert metrics["inpainter"]["twin_abs_dp"] is None
+
+
+def test_metrics_collect_the_twin_and_acceptance_figures(tmp_path):
+    (tmp_path / "inpainter" / "eval").mkdir(parents=True)
+    (tmp_path / "inpainter" / "eval" / "marginalization.json").write_text(json.dumps({"twin_abs_dp": {"inpaint": 0.03}}))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "acceptance.json").write_text(json.dumps({"flipped": 0.8, "twin_flipped": 0.78}))
+    metrics = collect_metrics(tmp_path / "out", bundles_dir=tmp_path)
+    assert metrics["inpainter"]["twin_abs_dp"] == {"inpaint": 0.03}
+    assert metrics["acceptance"] == {"flipped": 0.8, "twin_flipped": 0.78}
