@@ -147,6 +147,7 @@ def test_mean_lesion_fraction(tmp_path):
         ({"delta": 0.1}, (1, 1, 8, 8), (1, 1, 4, 4)),
         ({"delta": 0.1, "delta_of": "organ"}, (1, 1, 8, 8), (1, 1, 8, 8)),
         ({"delta": 0.1, "blend_temperature": 0.0}, (1, 1, 8, 8), (1, 1, 8, 8)),
+        ({"delta": 0.1, "blend_margin": -0.1}, (1, 1, 8, 8), (1, 1, 8, 8)),
     ],
 )
 def test_bad_arguments(kwargs, mask_shape, target_shape):
@@ -208,13 +209,22 @@ def test_what_if_fill_keeps_images_without_context_on_the_what_if_fill():
 @pytest.mark.parametrize("temperature", [0.1, 0.02])
 def test_sharpened_blend_is_near_binary_at_the_threshold_and_differentiable(temperature):
     loss = CounterfactualLoss(
-        MeanIntensityClassifier(), DarkMarginalizer(), delta=0.5, blend_temperature=temperature
+        MeanIntensityClassifier(), DarkMarginalizer(), delta=0.5, blend_temperature=temperature, blend_margin=0.0
     )
     blend = loss.blend(torch.tensor([0.0, 0.55, 1.0]).reshape(1, 1, 1, 3))
     assert blend[0, 0, 0, 0] < 0.01 and blend[0, 0, 0, 1] == 0.5 and blend[0, 0, 0, 2] > 0.98
     near = torch.tensor([0.5, 0.55, 0.6]).reshape(1, 1, 1, 3).requires_grad_(True)
     loss.blend(near).sum().backward()
     assert bool((near.grad > 0).all())
+
+
+@pytest.mark.parametrize("margin", [0.05, 0.1, 0.2])
+def test_blend_margin_moves_the_midpoint_above_the_map_threshold(margin):
+    loss = CounterfactualLoss(MeanIntensityClassifier(), DarkMarginalizer(), delta=0.5, blend_margin=margin)
+    blend = loss.blend(torch.tensor([0.55, 0.55 + margin]).reshape(1, 1, 1, 2))
+    # a pixel at the threshold is in the hard hole but counts less than half: what flips π(B) flips π(M̂)
+    assert blend[0, 0, 0, 0] < 0.5 and abs(float(blend[0, 0, 0, 1]) - 0.5) < 1e-5
+    assert torch.allclose(blend[0, 0, 0, 0], torch.sigmoid(torch.tensor(-margin / 0.1)))
 
 
 @pytest.mark.parametrize("kwargs", [{"blend_temperature": None}, {"what_if_block": None}])

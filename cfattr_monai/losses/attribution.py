@@ -21,11 +21,16 @@ no gradient: an empty initial map would never grow. In training F is therefore c
 (:func:`what_if_fill`): outside the hole, the fill the marginalizer puts at a pixel when the pixel is a hole,
 inpainted block-wise from two complementary checkerboard holes. The true counterfactual (inside M > 0.55) is unchanged.
 
-Sharpened blend (``blend_temperature`` τ, default 0.1): π and d see ``B(M) = σ((M − t) / τ)`` with t the map
-threshold (0.55) instead of M itself. With the plain blend a soft map lowers p(c|π(M)) by blending a *little* fill
-into the lesion (measured on the demo phantoms: a blend of 0.3 of the true fill over the lesion takes the mean
-logit from 12.4 to 8.7), so the soft map settles below 0.55 and the binary map M̂ that inference uses stays empty.
-``B`` is close to the binary map M̂ yet differentiable: training sees what inference sees. τ → 0 is the binary map.
+Sharpened blend (``blend_temperature`` τ, default 0.1; ``blend_margin`` m, default 0.1): π and d see
+``B(M) = σ((M − t − m) / τ)`` with t the map threshold (0.55) instead of M itself. With the plain blend a soft map
+lowers p(c|π(M)) by blending a *little* fill into the lesion (measured on the demo phantoms: a blend of 0.3 of the
+true fill over the lesion takes the mean logit from 12.4 to 8.7), so the soft map settles below 0.55 and the binary
+map M̂ that inference uses stays empty. ``B`` is close to the binary map M̂ yet differentiable; τ → 0 is the binary
+map. The margin m: with m = 0 a pixel just below t still gets a partial fill (0.38 of F at M = t − τ/2) that
+inference does not give it, and the map learns to rely on that ring (measured on the demo phantoms: 0.87 of the
+flagged training images flipped under B, 0.59 under M̂). With m > 0 a pixel counts fully only well inside M̂, so
+what flips π(B) in training also flips π(M̂) at inference (m = 0.1: flip rate on the demo test split 0.735 → 0.796
+for seed 0, 0.592 → 0.796 for seed 1; see the attributor bundle's README).
 
 Which images: the loss only makes sense for images the classifier flags (p(c|I) ≥ θ). φ and ψ are therefore
 applied to flagged images only; every image gets the area terms, with δ for flagged images and 0 for the others, so
@@ -197,6 +202,7 @@ class CounterfactualLoss(nn.Module):
             marginalizer with ``fill(image, hole)`` and ``threshold`` (``Marginalizer``). None: π is called as is
             (gradient only inside its hard hole).
         blend_temperature: τ of the sharpened blend (module doc); None, or ``what_if_block`` None, blends M itself.
+        blend_margin: m ≥ 0, the sharpened blend's midpoint above the map threshold (module doc).
 
 
     Example:
@@ -222,6 +228,7 @@ class CounterfactualLoss(nn.Module):
         tv_logistic: dict | None = None,
         what_if_block: float | None = 0.0625,
         blend_temperature: float | None = 0.1,
+        blend_margin: float = 0.1,
     ) -> None:
         super().__init__()
         if not 0.0 < delta <= 1.0:
@@ -240,6 +247,9 @@ class CounterfactualLoss(nn.Module):
             raise ValueError(f"CounterfactualLoss: blend_temperature must be > 0 or None, got {blend_temperature}.")
         # without the what-if fill π blends M itself (the marginalizer's own π): no sharpened blend
         self.blend_temperature = blend_temperature if what_if_block is not None else None
+        if blend_margin < 0:
+            raise ValueError(f"CounterfactualLoss: blend_margin must be >= 0, got {blend_margin}.")
+        self.blend_margin = blend_margin
         self.delta, self.delta_of, self.threshold = delta, delta_of, threshold
         self.tv_weight, self.area_penalty_weight, self.area_weight = tv_weight, area_penalty_weight, area_weight
         # defaults: φ steepest at φ(θ) = −log(1 − θ), ψ at 0 (no change yet), R at 0 (growth 10: R is a small mean);
@@ -259,10 +269,10 @@ class CounterfactualLoss(nn.Module):
         return (1 - blend) * image + blend * what_if_fill(self.marginalizer.fill, image, hole, block)
 
     def blend(self, mask: torch.Tensor) -> torch.Tensor:
-        """The map π and d see: the sharpened ``σ((M − t) / τ)`` (module doc), or ``M`` when τ is None."""
+        """The map π and d see: the sharpened ``σ((M − t − m) / τ)`` (module doc), or ``M`` when τ is None."""
         if self.blend_temperature is None:
             return mask
-        return torch.sigmoid((mask - self.marginalizer.threshold) / self.blend_temperature)
+        return torch.sigmoid((mask - self.marginalizer.threshold - self.blend_margin) / self.blend_temperature)
 
     def terms(self, mask: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-image terms: ``phi``, ``psi``, ``tv``, ``area``, ``delta``, ``flagged``, ``p``, ``p_counterfactual``."""
