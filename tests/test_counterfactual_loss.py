@@ -100,6 +100,23 @@ def test_delta_of_organ_uses_the_organ_area():
     assert float(loss.terms(mask, torch.cat([image, organ], dim=1))["area"]) == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("rows, inside", [((2, 6), True), ((10, 14), False)])
+def test_with_an_organ_mask_pi_replaces_tissue_only_and_d_counts_the_whole_map(rows, inside):
+    image, organ = torch.full((1, 1, 16, 16), 0.6), torch.zeros(1, 1, 16, 16)
+    organ[..., :8, :] = 1.0
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., slice(*rows), 2:6] = 1.0
+    loss = CounterfactualLoss(MeanIntensityClassifier(), darken, what_if_block=None, delta=0.5)
+    terms = loss.terms(mask, torch.cat([image, organ], dim=1))
+    plain = loss.terms(mask, image)  # no organ mask: π sees the whole map
+    assert float(terms["area"]) == pytest.approx(16 / 256) == pytest.approx(float(plain["area"]))
+    assert float(plain["p_counterfactual"]) < float(plain["p"])
+    if inside:
+        assert float(terms["p_counterfactual"]) == pytest.approx(float(plain["p_counterfactual"]))
+    else:  # the map covers no tissue: π(M) = I
+        assert float(terms["p_counterfactual"]) == pytest.approx(float(terms["p"]))
+
+
 def test_weighted_total_variation_is_cheaper_on_image_edges():
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., :, 4:] = 1.0
@@ -148,6 +165,7 @@ def test_mean_lesion_fraction(tmp_path):
         ({"delta": 0.1, "delta_of": "organ"}, (1, 1, 8, 8), (1, 1, 8, 8)),
         ({"delta": 0.1, "blend_temperature": 0.0}, (1, 1, 8, 8), (1, 1, 8, 8)),
         ({"delta": 0.1, "blend_margin": -0.1}, (1, 1, 8, 8), (1, 1, 8, 8)),
+        ({"delta": 0.1}, (1, 1, 8, 8), (1, 3, 8, 8)),
     ],
 )
 def test_bad_arguments(kwargs, mask_shape, target_shape):

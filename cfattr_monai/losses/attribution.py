@@ -32,6 +32,11 @@ flagged training images flipped under B, 0.59 under M̂). With m > 0 a pixel cou
 what flips π(B) in training also flips π(M̂) at inference (m = 0.1: flip rate on the demo test split 0.735 → 0.796
 for seed 0, 0.592 → 0.796 for seed 1; see the attributor bundle's README).
 
+Tissue only: with an organ mask O stacked onto the target, π sees ``M ⊙ O`` while d counts the whole map. π replaces
+a region by healthy *tissue*; outside the organ there is none, so covering the background changes nothing and
+only costs area. (Measured on the demo phantoms: without it the trained maps also covered the film label in the
+background corner, whose removal lowers p(c) by 0.03 on average.) Inference needs no organ mask.
+
 Which images: the loss only makes sense for images the classifier flags (p(c|I) ≥ θ). φ and ψ are therefore
 applied to flagged images only; every image gets the area terms, with δ for flagged images and 0 for the others, so
 the maps of images the classifier calls healthy are driven empty (the argmin d(M) of the paper's definition of M̂).
@@ -185,8 +190,10 @@ class CounterfactualLoss(nn.Module):
     """``L(M)`` of Lenis et al. 2020 (module doc): a loss of the map M given the image I, for a frozen classifier.
 
     ``forward(mask, target)`` takes the map M ``(B, 1, H, W)`` in [0, 1] and ``target``: the image I
-    ``(B, 1, H, W)``, or I stacked with the organ mask ``(B, 2, H, W)`` when δ is a fraction of the organ area
-    (``delta_of="organ"``). It computes π(M) with ``marginalizer`` and p(c|·) with ``classifier``, neither trained.
+    ``(B, 1, H, W)``, or I stacked with the organ mask O ``(B, 2, H, W)`` (needed when δ is a fraction of the organ
+    area, ``delta_of="organ"``). With O, π replaces tissue only: it sees ``M ⊙ O``, so the part of the map outside
+    the organ changes nothing and only costs area (module doc). It computes π(M) with ``marginalizer`` and p(c|·)
+    with ``classifier``, neither trained.
 
     Args:
         classifier: frozen binary classifier (output ``(B, 1)`` or ``(B, 2)``).
@@ -278,22 +285,26 @@ class CounterfactualLoss(nn.Module):
         """Per-image terms: ``phi``, ``psi``, ``tv``, ``area``, ``delta``, ``flagged``, ``p``, ``p_counterfactual``."""
         if mask.ndim != 4 or mask.shape[1] != 1:
             raise ValueError(f"CounterfactualLoss: the map must be (B, 1, H, W), got {tuple(mask.shape)}.")
-        expected_channels = 2 if self.delta_of == "organ" else 1
-        if target.ndim != 4 or target.shape[1] != expected_channels or target.shape[-2:] != mask.shape[-2:]:
+        channels = (2,) if self.delta_of == "organ" else (1, 2)
+        if target.ndim != 4 or target.shape[1] not in channels or target.shape[-2:] != mask.shape[-2:]:
             raise ValueError(
-                f"CounterfactualLoss: target must be (B, {expected_channels}, H, W) = the image"
-                f"{' and the organ mask' if expected_channels == 2 else ''} at the map's size "
+                f"CounterfactualLoss: target must be (B, {' or '.join(map(str, channels))}, H, W) = the image"
+                f"{' and the organ mask' if channels == (2,) else ' [and the organ mask]'} at the map's size "
                 f"{tuple(mask.shape[-2:])}, got {tuple(target.shape)}; with delta_of='organ' stack the organ "
                 "mask as a second channel."
             )
-        image = target[:, :1]
+        image, organ = target[:, :1], (target[:, 1:] if target.shape[1] == 2 else None)
         with torch.no_grad():
             image_logit = pathology_logit(self.classifier(image))
         blend = self.blend(mask)  # what π and d see, computed once per step
-        counterfactual_logit = pathology_logit(self.classifier(self.counterfactual(image, mask, blend)))
+        if organ is not None:  # π replaces tissue only; d still counts the whole map
+            counterfactual = self.counterfactual(image, mask * organ, blend * organ)
+        else:
+            counterfactual = self.counterfactual(image, mask, blend)
+        counterfactual_logit = pathology_logit(self.classifier(counterfactual))
         relative_area = area(blend)
         if self.delta_of == "organ":
-            relative_area = relative_area / area(target[:, 1:]).clamp_min(1e-6)
+            relative_area = relative_area / area(organ).clamp_min(1e-6)
         flagged = (torch.sigmoid(image_logit) >= self.threshold).to(mask.dtype)
         return {
             "phi": phi(counterfactual_logit),
