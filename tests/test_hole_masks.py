@@ -105,3 +105,21 @@ def test_dict_transform_bad_keys():
         RandIrregularHoleMaskd(["image", "other"])
     with pytest.raises(KeyError, match="organ"):
         RandIrregularHoleMaskd("image", allowed_key="organ")({"image": np.zeros((1, *SHAPE), np.float32)})
+
+
+@pytest.mark.parametrize("organ", ["file", None, "", "folder", "absent"])
+def test_organ_maskd_loads_the_mask_on_the_image_grid_or_gives_the_whole_image(tmp_path, organ):
+    from PIL import Image
+
+    from cfattr_monai.transforms.masks import OrganMaskd
+
+    mask = np.zeros((32, 24), np.uint8)  # rows × columns as written; loaded as MONAI's (W, H) like the image
+    mask[:16] = 255
+    Image.fromarray(mask).save(tmp_path / "organ.png")
+    image = torch.rand(1, 12, 16)  # the preprocessed image: the organ's grid, halved
+    item = {"image": image, "organ": {"file": str(tmp_path / "organ.png"), "folder": str(tmp_path)}.get(organ, organ)}
+    if organ == "absent":
+        item.pop("organ")
+    out = OrganMaskd()(item)["organ"]
+    assert out.shape == (1, 12, 16) and set(out.unique().tolist()) <= {0.0, 1.0}
+    assert float(out.mean()) == (0.5 if organ == "file" else 1.0)

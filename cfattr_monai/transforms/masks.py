@@ -322,3 +322,41 @@ class SmoothMaxCompact(torch.nn.Module):
 
     def forward(self, mask: torch.Tensor) -> torch.Tensor:
         return map_into_compact(mask, self.sigma_fraction, self.smoothing, self.cells_per_sigma)
+
+
+from pathlib import Path  # noqa: E402
+
+from monai.transforms import LoadImage  # noqa: E402
+
+__all__ += ["OrganMaskd"]
+
+
+class OrganMaskd(MapTransform):
+    """The item's organ mask on its preprocessed image's grid, or the whole image when the item has none.
+
+    ``organ_key`` holds a path: the mask is loaded, resized (nearest) to the spatial size of ``image_key`` (already
+    loaded and resized) and binarized (> 0). An item without one (key absent, null, ``""``, or the folder MONAI's
+    datalist loader makes of ``""``) gets all ones: the data contract's "a missing organ mask is the whole image".
+    So every item of a data set with partial or no organ masks gets the same ``(1, H, W)`` layout.
+
+    Example:
+        >>> OrganMaskd()({"image": torch.zeros(1, 4, 4)})["organ"].sum().item()
+        16.0
+    """
+
+    def __init__(self, image_key: str = "image", organ_key: str = "organ") -> None:
+        super().__init__(keys=[organ_key], allow_missing_keys=True)
+        self.image_key, self.organ_key = image_key, organ_key
+        self.loader = LoadImage(image_only=True, ensure_channel_first=True)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        image = torch.as_tensor(d[self.image_key])
+        path = d.get(self.organ_key)
+        if not path or Path(path).is_dir():
+            d[self.organ_key] = torch.ones_like(image[:1])
+            return d
+        organ = torch.as_tensor(self.loader(path))[:1].float()
+        organ = F.interpolate(organ[None], size=tuple(image.shape[1:]), mode="nearest")[0]
+        d[self.organ_key] = (organ > 0).to(image.dtype)
+        return d
