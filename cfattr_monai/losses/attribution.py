@@ -297,10 +297,8 @@ class CounterfactualLoss(nn.Module):
         with torch.no_grad():
             image_logit = pathology_logit(self.classifier(image))
         blend = self.blend(mask)  # what π and d see, computed once per step
-        if organ is not None:  # π replaces tissue only; d still counts the whole map
-            counterfactual = self.counterfactual(image, mask * organ, blend * organ)
-        else:
-            counterfactual = self.counterfactual(image, mask, blend)
+        tissue = 1.0 if organ is None else organ  # π replaces tissue only; d still counts the whole map
+        counterfactual = self.counterfactual(image, mask * tissue, blend * tissue)
         counterfactual_logit = pathology_logit(self.classifier(counterfactual))
         relative_area = area(blend)
         if self.delta_of == "organ":

@@ -18,11 +18,12 @@ The hole ratio is measured relative to the area of ``allowed`` (the whole image 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import binary_dilation
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable
+from monai.transforms import LoadImage, MapTransform, Randomizable
 from monai.utils import convert_to_dst_type
 
 __all__ = ["irregular_hole_mask", "RandIrregularHoleMaskd"]
@@ -323,10 +324,6 @@ class SmoothMaxCompact(torch.nn.Module):
     def forward(self, mask: torch.Tensor) -> torch.Tensor:
         return map_into_compact(mask, self.sigma_fraction, self.smoothing, self.cells_per_sigma)
 
-
-from pathlib import Path  # noqa: E402
-
-from monai.transforms import LoadImage  # noqa: E402
 
 __all__ += ["OrganMaskd"]
 
