@@ -99,6 +99,13 @@ def test_train_then_inference_end_to_end(workspace, tmp_path, capsys):
     assert (bundle / "models" / "classifier_fingerprint.json").is_file()
     assert list((bundle / "runs").glob("events.out.tfevents.*")), "TensorBoard previews/stats missing"
 
+    # resumable: the trainer checkpoint has the other bundles' name and carries on at epoch 2
+    checkpoint = bundle / "models" / "checkpoint_epoch=1.pt"
+    assert checkpoint.is_file()
+    run(config_file=str(bundle / "configs" / "train.json"), num_epochs=2, batch_size=4, delta=0.2,
+        resume_checkpoint=str(checkpoint), **overrides)
+    assert (bundle / "models" / "checkpoint_epoch=2.pt").is_file()
+
     run(config_file=str(bundle / "configs" / "inference.json"), data_list_key="test", **overrides)
     rows = list(csv.DictReader((bundle / "eval" / "explanations" / "explanations.csv").open()))
     assert len(rows) == 2  # n=10, 20 % test split
@@ -143,6 +150,12 @@ def test_train_then_inference_end_to_end(workspace, tmp_path, capsys):
         assert fragment["lesion_ground_truth"] is annotated and fragment["n_lesion_images"] == positives
         assert (fragment["ours"]["H"]["n"] > 0) is annotated and fragment["ours"]["A"]["n"] == positives
         assert fragment["settings"]["image_size"] == [SIZE, SIZE]  # the bundle's input size
+
+    # another checkpoint folder (e.g. the longer schedule's models_long/) is evaluated, not models/
+    (bundle / "models").rename(bundle / "models_long")
+    fragment = evaluate_attribution(bundle, workspace["datalist"], tmp_path / "eval_long", checkpoint="models_long/model.pt")
+    assert fragment["settings"]["checkpoint"] == "models_long/model.pt" and fragment["n_flagged"] >= 0
+    (bundle / "models_long").rename(bundle / "models")
 
     # another classifier than the one trained with is refused
     other = _stand_in_bundle(tmp_path / "other_classifier", CLASSIFIER, MobileNetV1(width_mult=0.25))

@@ -100,6 +100,7 @@ def evaluate_attribution(
     examples: int = 4,
     device: str | torch.device = "cpu",
     image_size: Sequence[int] | None = None,
+    checkpoint: str | Path = "models/model.pt",
 ) -> dict:
     """Run ours, Grad-CAM and saliency on the lesion images of ``split`` and write the Table 1 metrics.
 
@@ -119,6 +120,8 @@ def evaluate_attribution(
         image_size: input size of the networks (MONAI axis order); None: the bundle's ``image_size`` (its
             ``configs/inference.json`` plus ``overlays``), so prepared images of another size are resized as in
             training.
+        checkpoint: the attributor weights, relative to ``attributor_bundle`` (or absolute); the classifier
+            fingerprint and θ are read from its folder.
 
     Returns:
         The fragment ``{"ours", "gradcam", "saliency", "wilcoxon_p", "flip_rate", "n_lesion_images",
@@ -146,13 +149,13 @@ def evaluate_attribution(
             f"evaluate_attribution: no pathological image{' with a lesion mask' if annotated.any() else ''} "
             f"(label 1) in '{split}' of {datalist}; Table 1 needs them."
         )
-    explainer = load_explainer(attributor_bundle, overlays, device=device)
+    explainer = load_explainer(attributor_bundle, overlays, checkpoint=str(checkpoint), device=device)
     images, lesions, organs = data["image"][keep], data["lesion"][keep], data["organ"][keep]
     maps = attribution_maps(explainer, images, batch_size)
     fragment, per_image = localization_study(maps, lesions, organs if area_reference == "organ" else None)
 
     # θ: flagged when p(c|I) ≥ θ, flipped when p(c|π(M̂)) < θ — the operating point the attributor was trained for
-    theta = read_classification_threshold(Path(attributor_bundle) / "models")
+    theta = read_classification_threshold((Path(attributor_bundle) / checkpoint).parent)
     flagged = maps["p"] >= theta
     flipped = flagged & (maps["p_counterfactual"] < theta)
     fragment.update(
@@ -168,6 +171,7 @@ def evaluate_attribution(
             "area_reference": area_reference,
             "image_size": list(image_size),
             "percentiles": list(PERCENTILES),
+            "checkpoint": str(checkpoint),
             "map_threshold": explainer.threshold,
             "classification_threshold": theta,
         },
