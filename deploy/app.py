@@ -95,8 +95,8 @@ class CounterfactualAttributionOperator(Operator):
             )
         summary = explain_images(
             self.explainer, files, self.output_folder, self.image_size,
-            batch_size=self.batch_size, device=self.device, progress=False,
-        )  # fmt: skip
+            batch_size=self.batch_size, device=self.device, progress=False, overwrite=True,
+        )  # fmt: skip  (each run of the app writes its own table, as before)
         self.logger.info("explained %d DICOM image(s) into %s", summary["explained"], self.output_folder)
 
 

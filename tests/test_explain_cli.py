@@ -257,8 +257,12 @@ def test_a_crash_leaves_a_consistent_folder_and_a_rerun_resumes(tmp_path):
     assert len({r["overlay"] for r in _rows(out)}) == 4
     _assert_consistent(out)
 
-    summary = explain_images(ThresholdExplainer(), [tmp_path], out, (COLS, ROWS), progress=False)  # out ⊂ input
-    assert (summary["explained"], summary["already_done"], len(_rows(out))) == (4, 0, 4)  # no resume: a new table
+    table = (out / "explanations.csv").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):  # neither flag: the earlier table is kept
+        explain_images(ThresholdExplainer(), [tmp_path], out, (COLS, ROWS), progress=False)
+    assert (out / "explanations.csv").read_bytes() == table
+    summary = explain_images(ThresholdExplainer(), [tmp_path], out, (COLS, ROWS), progress=False, overwrite=True)
+    assert (summary["explained"], summary["already_done"], len(_rows(out))) == (4, 0, 4)  # a new table (out ⊂ input)
     _assert_consistent(out)
 
 
@@ -417,6 +421,6 @@ def test_a_run_that_fails_before_its_first_explanation_keeps_the_earlier_table(t
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "a_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n junk")
     with pytest.raises(explanations.ImageInputError, match="a_corrupt.png"):
-        explain_images(ThresholdExplainer(), [tmp_path / "bad"], out, (COLS, ROWS), progress=False)
+        explain_images(ThresholdExplainer(), [tmp_path / "bad"], out, (COLS, ROWS), progress=False, overwrite=True)
     assert (out / "explanations.csv").read_text() == earlier
     _assert_consistent(out)

@@ -22,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--resume", action="store_true",
         help="keep OUT/explanations.csv of an earlier (interrupted) run and explain only the images it does not list",
     )  # fmt: skip
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="start a new OUT/explanations.csv although an earlier run wrote one (e.g. after retraining the model)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
     parser.add_argument(
@@ -49,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     explainer = load_explainer(args.bundle, args.overlays, device=args.device)
     summary = explain_images(
         explainer, args.images, args.out, image_size, args.batch_size, args.device,
-        skip_bad=args.skip_bad, resume=args.resume, progress=not args.no_progress,
+        skip_bad=args.skip_bad, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
     )  # fmt: skip
     print(
         f"explained {summary['explained']} image(s) ({summary['resized']} resized to {image_size}), skipped "

@@ -185,6 +185,7 @@ def explain_images(
     skip_bad: bool = False,
     resume: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Explain every image of ``inputs`` (files or folders) and write the outputs listed in the module docstring.
 
@@ -198,8 +199,10 @@ def explain_images(
         device: where the explainer runs.
         skip_bad: skip unreadable images with a warning (default: stop at the first with its error).
         resume: keep ``out_dir/explanations.csv`` of an earlier (perhaps interrupted) run and explain only the images
-            it does not list yet. Default: start a new table (a model retrained since must not be skipped over).
+            it does not list yet.
         progress: show a tqdm progress bar.
+        overwrite: start a new table in a folder that holds one (a model retrained since must not be skipped over);
+            the earlier table is replaced once this run's first explanation is written.
 
     Returns:
         ``dict(explained=int, skipped=int, already_done=int, resized=int, csv=Path, skipped_errors=list[str])``.
@@ -207,6 +210,7 @@ def explain_images(
     Raises:
         FileNotFoundError: an input does not exist, or the inputs hold no image file.
         ValueError: ``image_size`` is not two sizes of at least 32 px, or ``out_dir`` is a file.
+        FileExistsError: ``out_dir`` holds an ``explanations.csv`` and neither ``resume`` nor ``overwrite`` is set.
         ImageInputError, DicomInputError: an unreadable image (unless ``skip_bad``); an earlier
             ``explanations.csv`` in ``out_dir`` is replaced only once this run's first explanation is written.
     """
@@ -219,6 +223,11 @@ def explain_images(
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ValueError(f"--out {out_dir} is a file, expected an output folder; pass a folder path.")
     csv_path = output_path(out_dir, "explanations", ".csv")
+    if csv_path.is_file() and not (resume or overwrite):
+        raise FileExistsError(
+            f"{csv_path} holds the table of an earlier run; pass --resume to explain only the images it does not "
+            "list, --overwrite to start a new table (e.g. after retraining), or another --out."
+        )
     done, used_stems = _earlier_rows(csv_path) if resume else (set(), [])
 
     def todo() -> Iterator[Path]:
