@@ -106,6 +106,15 @@ def test_train_then_inference_end_to_end(workspace, tmp_path, capsys):
         resume_checkpoint=str(checkpoint), **overrides)
     assert (bundle / "models" / "checkpoint_epoch=2.pt").is_file()
 
+    # a run that fails before its first validation (here: model.pt given as resume file) leaves the trained bundle
+    # as it was: the fingerprint (classifier hash and θ) is only written with a new model.pt
+    fingerprint = (bundle / "models" / "classifier_fingerprint.json").read_text()
+    with pytest.raises(RuntimeError) as raised:  # MONAI's "Failed to evaluate" around the check's ValueError
+        run(config_file=str(bundle / "configs" / "train.json"), num_epochs=3, batch_size=4, delta=0.2,
+            classification_threshold=0.2, resume_checkpoint=str(bundle / "models" / "model.pt"), **overrides)
+    assert "not a trainer checkpoint" in str(raised.value.__cause__)
+    assert (bundle / "models" / "classifier_fingerprint.json").read_text() == fingerprint
+
     run(config_file=str(bundle / "configs" / "inference.json"), data_list_key="test", **overrides)
     rows = list(csv.DictReader((bundle / "eval" / "explanations" / "explanations.csv").open()))
     assert len(rows) == 2  # n=10, 20 % test split

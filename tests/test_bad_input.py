@@ -177,6 +177,23 @@ DATALIST_CASES = [  # (id, mutate(datalist), expected error type, message fragme
      ["training[0] label 2", "expected 0 (healthy) or 1"]),
     ("item-without-image", lambda d: edit_datalist(d, lambda c: c["training"][0].pop("image")), DatalistError,
      ["training[0] lacks ['image']", "relative to the datalist's folder"]),
+    ("rgb-lesion", replace_image("lesions/rgb.png", lambda p: write_png(p, np.stack([MASK] * 3, -1)), key="lesion"),
+     DatalistError, ["training[0] lesion", "rgb.png is a 3-channel (e.g. RGB) array of shape (3, 48, 40)",
+                     "expected a single-channel 2-D mask", "single-channel 8-bit PNG", "one-channel NIfTI"]),
+    ("rgba-organ", replace_image("organs/rgba.png", lambda p: write_png(p, np.stack([MASK] * 4, -1)), key="organ",
+                                 split="validation"),
+     DatalistError, ["validation[0] organ", "rgba.png is a 4-channel", "expected a single-channel 2-D mask"]),
+    ("image-null", lambda d: edit_datalist(d, lambda c: c["training"][1].update(image=None)), DatalistError,
+     ["training[1] image is null (NoneType), expected a file path string", "relative to the datalist's folder",
+      'in quotes, e.g. "images/0001.png"']),
+    ("image-number", lambda d: edit_datalist(d, lambda c: c["validation"][0].update(image=3)), DatalistError,
+     ["validation[0] image is 3 (int), expected a file path string"]),
+    ("image-list", lambda d: edit_datalist(d, lambda c: c["training"][0].update(image=["images/0.png"])),
+     DatalistError, ['training[0] image is ["images/0.png"] (list), expected a file path string']),
+    ("lesion-number", lambda d: edit_datalist(d, lambda c: c["training"][0].update(lesion=5)), DatalistError,
+     ["training[0] lesion is 5 (int), expected a file path string", '"lesions/0001.png"']),
+    ("organ-empty-list", lambda d: edit_datalist(d, lambda c: c["training"][0].update(organ=[])), DatalistError,
+     ["training[0] organ is [] (list), expected a file path string"]),
 ]
 
 
@@ -213,6 +230,65 @@ def test_check_datalist_accepts(tmp_path, mutate):
     assert check_datalist(datalist) == datalist
 
 
+def add_healthy_validation_item(datalist: Path) -> None:
+    edit_datalist(datalist, lambda c: c["validation"].append(c["training"][0]))
+
+
+SPLIT_CASES = [  # (id, mutate(datalist), check_datalist keyword arguments, fragments, fragments that must be absent)
+    ("mistyped-split", lambda d: None, {"splits": ["holdout"]},
+     ["split 'holdout' is missing", "the datalist's splits are ['training', 'validation', 'test']",
+      "split override, e.g. --inference_split test", "--eval_split"], ["re-split"]),
+    ("mistyped-split-without-test", lambda d: edit_datalist(d, lambda c: c.pop("test")), {"splits": ["tset"]},
+     ["split 'tset' is missing", "splits are ['training', 'validation']", "--inference_split training"],
+     ["re-split"]),
+    ("missing-standard-split", lambda d: edit_datalist(d, lambda c: c.pop("test")), {"splits": ["test"]},
+     ["split 'test' is missing", "splits are ['training', 'validation']", "re-split the data set"],
+     ["--inference_split"]),
+    ("no-split-at-all", lambda d: d.write_text('{"name": "x"}'), {"splits": ["holdout"]},
+     ["split 'holdout' is missing", "splits are []", "re-split the data set"], ["--inference_split"]),
+    ("one-class-validation", lambda d: None, {"both_classes": ["validation"]},
+     ["datalist.json: 1 problem(s)", "split 'validation' holds 0 healthy (label 0) and 1 pathological (label 1)",
+      "expected both classes", "ROC-AUC", "re-split the data set by label"], ["training"]),
+    ("one-class-training", lambda d: edit_datalist(d, lambda c: c["training"][1].update(label=0)),
+     {"both_classes": ["training", "validation"]},
+     ["2 problem(s)", "split 'training' holds 2 healthy (label 0) and 0 pathological", "split 'validation' holds 0"],
+     []),
+    ("both-classes-split-missing", lambda d: None, {"both_classes": ["holdout"]},
+     ["split 'holdout' is missing", "--inference_split test"], []),
+]
+
+
+@pytest.mark.parametrize("mutate, kwargs, fragments, absent", [c[1:] for c in SPLIT_CASES],
+                         ids=[c[0] for c in SPLIT_CASES])
+def test_check_datalist_refuses_splits(tmp_path, mutate, kwargs, fragments, absent):
+    datalist = write_dataset(tmp_path / "data")
+    mutate(datalist)
+    with pytest.raises(DatalistError) as info:
+        check_datalist(datalist, **kwargs)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+    for fragment in absent:
+        assert fragment not in str(info.value)
+
+
+SPLIT_ACCEPTED_CASES = [  # (id, mutate(datalist), check_datalist keyword arguments) the checker must accept
+    ("one-class-validation-by-default", lambda d: None, {}),
+    ("other-split-picked", lambda d: None, {"splits": ["test"]}),
+    ("both-classes-present", add_healthy_validation_item, {"both_classes": ["training", "validation"]}),
+    ("both-classes-split-not-in-splits", add_healthy_validation_item,
+     {"splits": ["test"], "both_classes": ["validation"]}),
+]
+
+
+@pytest.mark.parametrize(
+    "mutate, kwargs", [c[1:] for c in SPLIT_ACCEPTED_CASES], ids=[c[0] for c in SPLIT_ACCEPTED_CASES]
+)
+def test_check_datalist_accepts_splits(tmp_path, mutate, kwargs):
+    datalist = write_dataset(tmp_path / "data")
+    mutate(datalist)
+    assert check_datalist(datalist, **kwargs) == datalist
+
+
 def test_check_datalist_lists_every_problem(tmp_path):
     """All problems in one error (a user fixes the data set once, not once per run)."""
     datalist = write_dataset(tmp_path / "data")
@@ -239,6 +315,14 @@ PAIR_CASES = [  # (id, pairs built from (image path, hole path, folder), fragmen
      ["nan.nii.gz has 1 NaN/Inf pixel(s)"]),
     ("second-pair-bad", lambda i, h, d: [{"image": i, "hole": h}, {"image": str(d / "gone.png"), "hole": h}],
      ["1 problem(s)", "pair 1 image", "gone.png does not exist"]),
+    ("rgb-hole", lambda i, h, d: [{"image": i, "hole": h}, {"image": i, "hole": str(
+        write_png(d / "rgb.png", np.stack([MASK] * 3, -1)))}],
+     ["1 problem(s)", "pair 1 hole", "rgb.png is a 3-channel (e.g. RGB) array", "single-channel 8-bit PNG"]),
+    ("hole-number", lambda i, h, d: [{"image": i, "hole": 7}],
+     ["pair 0 hole is 7 (int), expected a file path string", "relative to the working directory"]),
+    ("image-null", lambda i, h, d: [{"image": None, "hole": h}],
+     ["pair 0 image is null (NoneType), expected a file path string"]),
+    ("image-list", lambda i, h, d: [{"image": [i], "hole": h}], ["pair 0 image is [", "(list), expected a file path"]),
 ]
 
 
@@ -505,6 +589,7 @@ CLASSIFIER_INFERENCE_CASES = [  # (id, break(datalist, bundle copy), error type,
 def test_classifier_inference_refuses_before_writing(bundles_copy, tmp_path, breaks, error, fragments):
     """Inference and evaluation check the split and the weights first: an earlier predictions.csv stays."""
     datalist = write_dataset(tmp_path / "data")
+    edit_datalist(datalist, lambda c: c["test"].append(c["training"][0]))  # both classes, as evaluation's AUC needs
     breaks(datalist, bundles_copy)
     out = tmp_path / "out"
     out.mkdir()

@@ -150,6 +150,22 @@ def test_evaluate_writes_roc_and_auc(trained):
 
 
 @pytest.mark.slow
+def test_evaluate_refuses_a_one_class_split_before_writing(trained):
+    root, _ = trained
+    run_workflow(root, ["train.json", "evaluate.json"], **TINY)
+    before = {path.name: path.read_bytes() for path in (root / "eval").iterdir() if path.is_file()}
+    lists = json.loads((root / "phantoms" / "datalist.json").read_text())
+    lists["test"] = [item for item in lists["test"] if item["label"] == 0]
+    one_class = root / "phantoms" / "one_class.json"
+    one_class.write_text(json.dumps(lists))
+    overrides = {**TINY, "phantoms": False}  # a prepared data set
+    with pytest.raises(RuntimeError) as raised:  # MONAI's "Failed to evaluate" around the DatalistError
+        run_workflow(root, ["train.json", "evaluate.json"], datalist=str(one_class), **overrides)
+    assert "expected both classes" in str(raised.value.__cause__)
+    assert {path.name: path.read_bytes() for path in (root / "eval").iterdir() if path.is_file()} == before
+
+
+@pytest.mark.slow
 def test_inference_writes_probabilities(trained):
     root, _ = trained
     run_workflow(root, ["inference.json"], image_size=[64, 64])

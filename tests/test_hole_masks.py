@@ -100,6 +100,18 @@ def test_dict_transform_respects_organ_and_forbidden_lesion():
         assert hole.any() and not (hole & ~organ).any() and not (hole & disc(32, 32, 9)).any()
 
 
+@pytest.mark.parametrize("scale", [1.0, 255.0, 1 / 255], ids=["{0,1}", "{0,255}", "{0,1} read as 0..255"])
+@pytest.mark.parametrize("key", ["organ", "lesion"])
+def test_dict_transform_reads_regions_as_value_above_zero(key, scale):
+    """{0, 1} and {0, 255} masks are both binary to check_datalist: any value > 0 is in the region."""
+    masks = {"organ": disc(32, 32, 25)[None] * 1.0, "lesion": disc(32, 32, 8)[None] * 1.0}
+    t = RandIrregularHoleMaskd("image", hole_ratio=(0.2, 0.3), allowed_key="organ", forbidden_key="lesion")
+    data = {"image": np.zeros((1, *SHAPE), np.float32), **masks}
+    expected = t.set_random_state(seed=0)(data)["valid_mask"]
+    scaled = t.set_random_state(seed=0)({**data, key: masks[key] * scale})["valid_mask"]
+    assert np.array_equal(scaled, expected)
+
+
 def test_dict_transform_bad_keys():
     with pytest.raises(ValueError, match="exactly one"):
         RandIrregularHoleMaskd(["image", "other"])

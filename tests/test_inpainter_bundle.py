@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, run, verify_metadata
+from monai.transforms import Compose, LoadImage, ScaleIntensity
+from PIL import Image
 
 from cfattr_monai.bundle import load_network
 from cfattr_monai.data.phantoms import write_phantom_dataset
@@ -107,6 +110,112 @@ def test_long_phantom_overlay_keeps_the_demo_network_and_writes_elsewhere():
     assert parser.get_parsed_content("phase1_epochs") > demo.get_parsed_content("phase1_epochs")
     for key, folder in (("ckpt_dir", "models_long"), ("output_dir", "eval_long")):
         assert parser.get_parsed_content(key).endswith(folder), "the long run must not overwrite the demo's models/eval"
+
+
+def test_training_reads_organ_masks_stored_as_0_1_as_those_stored_as_0_255(workspace, tmp_path):
+    """check_datalist accepts {0, 1} and {0, 255} organ masks as binary: both give the same organ and holes."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.update({"image_size": [SIZE, SIZE]})
+    transform = Compose(parser.get_parsed_content("preprocessing") + parser.get_parsed_content("holes")[:1])
+    root = Path(workspace["datalist"]).parent
+    first = json.loads(Path(workspace["datalist"]).read_text())["training"][0]
+    item = {k: str(root / first[k]) for k in ("image", "organ")}
+    organ_0_1 = tmp_path / "organ.png"
+    Image.fromarray((np.asarray(Image.open(item["organ"])) > 0).astype(np.uint8)).save(organ_0_1)
+    stored_0_255 = transform.set_random_state(seed=0)(item)
+    stored_0_1 = transform.set_random_state(seed=0)({**item, "organ": str(organ_0_1)})
+    assert set(stored_0_255["organ"].unique().tolist()) == {0.0, 1.0}
+    for key in ("organ", "valid_mask"):
+        assert torch.equal(stored_0_1[key], stored_0_255[key]), key
+
+
+@pytest.mark.parametrize("split", ["training", "validation"])
+def test_training_without_healthy_images_names_the_datalist_split_and_fix(workspace, tmp_path, split):
+    """The inpainter trains and validates on label-0 images: a split without any is refused in initialize."""
+    root = Path(workspace["datalist"]).parent
+    lists = json.loads(Path(workspace["datalist"]).read_text())
+    for name, items in lists.items():
+        for item in items:
+            item.update({k: str(root / item[k]) for k in ("image", "lesion", "organ")})
+            item["label"] = 1 if name == split else item["label"]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps(lists))
+    bundle = _bundle_copy(tmp_path)
+    overrides = {**_overrides(workspace, bundle), "datalist": str(datalist), "phantoms": False}
+    workflow = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), workflow_type="train", **overrides)
+    with pytest.raises(Exception) as info:
+        workflow.initialize()
+    message = "".join(map(str, _chain(info.value)))
+    assert f"{datalist}: split '{split}' holds no healthy image" in message, message
+    assert "label 0" in message and f"Add label-0 images to '{split}'" in message
+    assert not (bundle / "models").exists() and not (bundle / "eval").exists()
+
+
+def _tiny_weights(path: Path, value: float | None = None) -> None:
+    """A tiny inpainter's untrained state dict; ``value`` fills its first weight (e.g. NaN)."""
+    torch.manual_seed(0)
+    state = PartialConvUNet(**TINY_NET).state_dict()
+    if value is not None:
+        state["encoder.0.conv.weight"].fill_(value)
+    torch.save(state, path)
+
+
+def _truncated(path: Path) -> None:
+    _tiny_weights(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    "write, error, fragment",
+    [
+        (lambda p: torch.save(MobileNetV1(width_mult=0.25).state_dict(), p), ValueError, "PartialConvUNet"),
+        (_truncated, ValueError, "weights_only=True"),
+        (lambda p: torch.save({"net": torch.nn.Linear(1, 1)}, p), ValueError, "weights_only=True"),
+        (lambda p: _tiny_weights(p, float("nan")), ValueError, "NaN or Inf"),
+        (lambda p: None, FileNotFoundError, "not found"),
+    ],
+    ids=["classifier weights", "truncated", "pickled module", "NaN", "missing"],
+)
+def test_evaluation_refuses_bad_weights_and_keeps_earlier_results(workspace, tmp_path, write, error, fragment):
+    """evaluate.json loads through load_weights: its error names the file, and the earlier results stay."""
+    bundle = _bundle_copy(tmp_path)
+    checkpoint, earlier = bundle / "models" / "model.pt", bundle / "eval" / "marginalization.json"
+    checkpoint.parent.mkdir()
+    earlier.parent.mkdir()
+    earlier.write_text('{"earlier": "run"}')
+    write(checkpoint)
+    with pytest.raises(Exception) as info:
+        run(config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")], n_runs=1,
+            **_overrides(workspace, bundle))  # fmt: skip
+    errors = _chain(info.value)
+    assert any(isinstance(e, error) and str(checkpoint) in str(e) and fragment in str(e) for e in errors), errors
+    assert earlier.read_text() == '{"earlier": "run"}'
+
+
+def test_inference_names_composites_uniquely_in_pair_order(workspace, tmp_path):
+    """Images that share a file name (two folders, one image with two holes) get -2, -3 …, as in cfattr explain."""
+    bundle = _bundle_copy(tmp_path)
+    (bundle / "models").mkdir()
+    _tiny_weights(bundle / "models" / "model.pt")  # untrained: the names are under test, not the fill
+    root = Path(workspace["datalist"]).parent
+    lists = json.loads(Path(workspace["datalist"]).read_text())
+    first, second = [i for i in lists["test"] + lists["training"] if i["label"] == 1][:2]
+    image, namesake = root / first["image"], tmp_path / "b" / Path(first["image"]).name
+    namesake.parent.mkdir()
+    namesake.write_bytes((root / second["image"]).read_bytes())  # another image under the same name
+    pairs = [{"image": str(image), "hole": str(root / first["lesion"])},
+             {"image": str(namesake), "hole": str(root / first["lesion"])},
+             {"image": str(image), "hole": str(root / second["lesion"])}]  # fmt: skip
+    out = tmp_path / "composites"
+    overrides = {**_overrides(workspace, bundle), "pairs": pairs, "output_dir": str(out)}
+    run(config_file=str(bundle / "configs" / "inference.json"), **overrides)
+    names = [f"{image.stem}{suffix}_composite.png" for suffix in ("", "-2", "-3")]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    load = LoadImage(image_only=True)
+    for name, pair in zip(names, pairs):
+        source, valid = ScaleIntensity()(load(pair["image"])) * 255, load(pair["hole"]) == 0
+        assert float((load(out / name) - source).abs()[valid].mean()) < 1.0, name  # its own image outside the hole
 
 
 @pytest.mark.slow

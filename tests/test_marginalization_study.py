@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cfattr_monai.data.phantoms import write_phantom_dataset
 from cfattr_monai.metrics.marginalization import load_split, marginalization_study, save_fig1c, write_study
@@ -39,6 +42,23 @@ def test_absent_masks_follow_the_data_contract(datalist, tmp_path, drop):
         assert bool((data[key] == expected).all()), key
     if "lesion" not in drop:
         assert data["lesion"].sum() > 0  # the phantoms do have lesions
+
+
+@pytest.mark.parametrize("keys", [("lesion",), ("organ",), ("lesion", "organ")])
+def test_masks_stored_as_0_1_read_as_those_stored_as_0_255(datalist, tmp_path, keys):
+    """check_datalist accepts {0, 1} and {0, 255} masks as binary: both give the same masks (value > 0)."""
+    lists = _absolute(datalist, lambda items: None)
+    for item in lists["test"]:
+        for key in keys:
+            source = Path(item[key])
+            item[key] = str(tmp_path / key / source.name)
+            Path(item[key]).parent.mkdir(exist_ok=True)
+            Image.fromarray((np.asarray(Image.open(source)) > 0).astype(np.uint8)).save(item[key])
+    (tmp_path / "datalist.json").write_text(json.dumps(lists))
+    stored_0_255, stored_0_1 = load_split(datalist, "test"), load_split(tmp_path / "datalist.json", "test")
+    assert stored_0_255["lesion"].sum() > 0 and stored_0_255["organ"].sum() > 0
+    for key in ("lesion", "organ"):
+        assert torch.equal(stored_0_1[key], stored_0_255[key]), key
 
 
 def test_missing_datalist_names_the_file(tmp_path):

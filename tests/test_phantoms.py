@@ -1,5 +1,6 @@
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +228,29 @@ def test_ensure_writes_once(tmp_path):
     stamp = datalist.stat().st_mtime_ns
     assert ensure_phantom_dataset(datalist, "mammo", n=10, size=48, seed=0) == datalist
     assert datalist.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    "folder,written_before,warned",
+    [
+        ("typo/demo", False, True),  # a mistyped --dataset_dir: generated anyway, with a warning
+        (".", False, False),  # an existing (empty) folder chosen for the phantoms
+        (".", True, False),  # the data set is already there: nothing generated
+    ],
+)
+def test_ensure_warns_when_generating_into_a_new_folder(tmp_path, caplog, capsys, folder, written_before, warned):
+    datalist = tmp_path / folder / "datalist.json"
+    if written_before:
+        ensure_phantom_dataset(datalist, "mammo", n=10, size=48, seed=0)
+    with caplog.at_level(logging.WARNING, logger="cfattr_monai.data.phantoms"):
+        assert ensure_phantom_dataset(datalist, "mammo", n=10, size=48, seed=0) == datalist
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(messages) == warned
+    if warned:
+        assert caplog.records[0].name == "cfattr_monai.data.phantoms"
+        assert f"{datalist.parent} does not exist" in messages[0]
+        assert "writing 10 generated mammo phantoms" in messages[0] and "pass --phantoms False" in messages[0]
+    assert capsys.readouterr() == ("", "")
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -43,6 +44,8 @@ __all__ = [
 
 KINDS = ("mammo", "chest")
 GENERATOR_VERSION = 4  # bump when the drawing code changes, so that ensure_phantom_dataset refreshes old sets
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +248,8 @@ def ensure_phantom_dataset(datalist, kind: str = "mammo", n: int = 600, size: in
 
     Bundle configs call this in ``initialize`` so that they run on a fresh clone. An existing data set whose
     ``phantoms.json`` records other parameters is not silently reused: that is an error telling how to refresh it.
+    Generating into a folder that does not exist logs a warning (a mistyped ``--dataset_dir`` would otherwise train
+    on phantoms without a word).
 
     Args:
         datalist: path of the data set's ``datalist.json``.
@@ -257,6 +262,11 @@ def ensure_phantom_dataset(datalist, kind: str = "mammo", n: int = 600, size: in
     if datalist.name != "datalist.json":
         raise ValueError(f"phantom datalist must be named 'datalist.json', got {datalist}.")
     if not datalist.is_file():
+        if not datalist.parent.exists():
+            logger.warning(
+                "%s does not exist: writing %d generated %s phantoms into it. If you meant a prepared real data set, "
+                "fix the path and pass --phantoms False.", datalist.parent, n, kind
+            )
         try:
             return write_phantom_dataset(datalist.parent, kind, n, size, seed, **difficulty)
         except OSError:  # another process renamed its finished copy into place first

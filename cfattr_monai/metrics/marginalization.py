@@ -39,20 +39,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import load_decathlon_datalist
 from monai.metrics import compute_roc_auc
 from monai.metrics.regression import compute_ssim_and_cs
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityd, ScaleIntensityRanged
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityd
 from scipy.ndimage import binary_dilation
 
 from cfattr_monai.data.phantoms import write_healthy_twins
-from cfattr_monai.data.validate import check_datalist
+from cfattr_monai.data.validate import DatalistError, check_datalist
 from cfattr_monai.io.outputs import atomic_path, save_figure
 from cfattr_monai.networks.classifier_output import pathology_probability
 from cfattr_monai.transforms.marginalize import Marginalizer
 from cfattr_monai.transforms.masks import irregular_hole_mask
 
-__all__ = ["hole_psnr", "hole_ssim", "load_split", "load_twins", "marginalization_study", "roc_curve", "save_fig1c",
-           "write_study"]
+__all__ = ["healthy_items", "hole_psnr", "hole_ssim", "load_split", "load_twins", "marginalization_study", "roc_curve",
+           "save_fig1c", "write_study"]
 
 LESION_MARGIN = 2  # pixels: healthy-tissue holes keep this distance to a lesion, lesion holes cover this much more
 
@@ -64,6 +65,8 @@ def load_split(
 
     The data contract allows items without masks: a missing ``lesion`` is an empty mask (no lesion ground truth, e.g.
     Shenzhen/Montgomery) and a missing ``organ`` is the whole image (holes anywhere, A relative to the image area).
+    Masks are binarized as value > 0, so files that store {0, 1} and {0, 255} (both binary to ``check_datalist``) give
+    the same masks.
     ``image_size`` (MONAI axis order) resizes as the classifier bundle does (bilinear, anti-aliased; masks nearest):
     pass the networks' input size when the prepared images have another size (e.g. mini-MIAS prepared at 256²,
     networks trained at 128²); None keeps the files' size.
@@ -80,7 +83,6 @@ def load_split(
         LoadImaged(keys, image_only=True, allow_missing_keys=True),
         EnsureChannelFirstd(keys, allow_missing_keys=True),
         ScaleIntensityd("image"),
-        ScaleIntensityRanged(masks, a_min=0, a_max=255, b_min=0, b_max=1, allow_missing_keys=True),
     ]
     if image_size is not None:
         steps += [
@@ -96,9 +98,28 @@ def load_split(
         loaded.append({"image": image, "label": int(item["label"]),
                        **{k: torch.as_tensor(data[k]).float() if k in data else absent[k] for k in masks}})
     out = {key: torch.stack([d[key] for d in loaded]) for key in ("image", "lesion", "organ")}
-    out["lesion"], out["organ"] = (out["lesion"] > 0.5).float(), (out["organ"] > 0.5).float()
+    out["lesion"], out["organ"] = (out["lesion"] > 0).float(), (out["organ"] > 0).float()  # {0, 1} or {0, 255}
     out["label"] = torch.tensor([d["label"] for d in loaded])
     return out
+
+
+def healthy_items(datalist: str | Path, split: str) -> list[dict]:
+    """The healthy (label 0) items of ``split``, paths joined to the datalist's folder, as MONAI's loader reads them.
+
+    The inpainter trains and validates on healthy images only (its bundle's ``train.json``).
+
+    Raises:
+        DatalistError: ``split`` holds no healthy image.
+    """
+    items = load_decathlon_datalist(str(datalist), False, split, str(Path(datalist).parent))
+    healthy = [item for item in items if item["label"] == 0]
+    if not healthy:
+        raise DatalistError(
+            f"healthy_items: {datalist}: split {split!r} holds no healthy image among its {len(items)} item(s), "
+            "expected at least one with label 0: the inpainter trains and validates on healthy images only. Add label-0 "
+            f"images to {split!r} or re-split the data set."
+        )
+    return healthy
 
 
 def load_twins(datalist: str | Path, split: str = "test", image_size: Sequence[int] | None = None) -> torch.Tensor | None:

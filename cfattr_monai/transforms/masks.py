@@ -150,7 +150,8 @@ class RandIrregularHoleMaskd(Randomizable, MapTransform):
         valid_key: output key of the valid mask.
         hole_ratio: ``(low, high)`` fraction of the allowed area to cover.
         stroke_probability: probability that a shape is a stroke rather than a compact blob.
-        allowed_key, forbidden_key, centers_key, cover_key: optional keys of binary region masks ``(1, H, W)``.
+        allowed_key, forbidden_key, centers_key, cover_key: optional keys of binary region masks ``(1, H, W)``,
+            read as value > 0.
         forbidden_margin: pixels by which the forbidden region is dilated before it is removed.
         allow_missing_keys: don't raise if the image key is missing.
 
@@ -188,11 +189,12 @@ class RandIrregularHoleMaskd(Randomizable, MapTransform):
         """Randomness is drawn inside :func:`irregular_hole_mask` from ``self.R``."""
 
     def _region(self, d: Mapping, key: str | None) -> np.ndarray | None:
+        """The region mask under ``key`` as a boolean ``(H, W)``: value > 0, so {0, 1} and {0, 255} masks agree."""
         if key is None:
             return None
         if key not in d:
             raise KeyError(f"RandIrregularHoleMaskd: region key `{key}` not in the data (keys: {list(d)}).")
-        return np.asarray(d[key])[0] > 0.5
+        return np.asarray(d[key])[0] > 0
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)

@@ -1,0 +1,112 @@
+"""Resumable training checkpoints: the best-model saver and a check of the file a run resumes from.
+
+MONAI's ``CheckpointSaver`` with ``save_key_metric`` forgets on resume which score its ``model.pt`` has, so the first
+validation of a resumed run replaces the best model by whatever that epoch gives. :class:`BestModelSaver` exposes its
+tracking list as ``state_dict()`` / ``load_state_dict()``, so the trainer checkpoint can carry it, and runs follow-up
+writers after each new best model (the attributor writes the classifier fingerprint that belongs to it there).
+:func:`check_resume_checkpoint` turns a wrong ``resume_checkpoint`` into an error naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine
+from monai.handlers import CheckpointSaver
+
+__all__ = ["BestModelSaver", "check_resume_checkpoint"]
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when ``path`` is written again: (inode, size, modification time in ns), or None when absent."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
+class BestModelSaver(CheckpointSaver):
+    """``CheckpointSaver`` of the best key-metric model only, resumable, with writers run after each new best model.
+
+    Put it in the validator's handlers and in the trainer checkpoint's ``save_dict`` (and the resume
+    ``CheckpointLoader``'s ``load_dict``): a resumed run then replaces ``model.pt`` only by a better model.
+
+    Args:
+        save_dir: folder of the best model.
+        save_dict: objects to save, e.g. ``{"model": network}``.
+        key_metric_filename: file name of the best model.
+        on_save: callables without arguments, run after each new best model is written.
+        kwargs: further ``CheckpointSaver`` arguments (key-metric options).
+
+    Example:
+        >>> import tempfile
+        >>> net = torch.nn.Linear(1, 1)
+        >>> saver = BestModelSaver(tempfile.mkdtemp(), {"model": net})
+        >>> sorted(saver.state_dict())
+        ['_saved']
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: dict,
+        key_metric_filename: str = "model.pt",
+        on_save: Sequence[Callable[[], object]] = (),
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            save_dir=save_dir, save_dict=save_dict, save_key_metric=True, key_metric_filename=key_metric_filename, **kwargs
+        )
+        self.best_path = Path(save_dir) / key_metric_filename
+        self.on_save = list(on_save)
+
+    def state_dict(self) -> Mapping:
+        """The key-metric tracking list (scores as Python floats, so ``weights_only`` loading accepts them)."""
+        return {"_saved": [(float(score), name) for score, name in self._key_metric_checkpoint.state_dict()["_saved"]]}
+
+    def metrics_completed(self, engine: Engine) -> None:
+        """Save the model when its key metric is the best so far, then run ``on_save``."""
+        before = _stamp(self.best_path)
+        super().metrics_completed(engine)
+        if _stamp(self.best_path) != before:
+            for write in self.on_save:
+                write()
+
+
+def check_resume_checkpoint(path: str | os.PathLike | None, expected: Mapping | Sequence[str]) -> None:
+    """Raise a clear error unless ``path`` is None or a trainer checkpoint holding every key of ``expected``.
+
+    Args:
+        path: the ``resume_checkpoint`` of a bundle run (None: no resume).
+        expected: the resume ``CheckpointLoader``'s ``load_dict`` (or its keys).
+
+    Raises:
+        FileNotFoundError: the file does not exist (the message lists the trainer checkpoints beside it).
+        ValueError: it is not a readable torch file, or lacks some of the keys (e.g. ``model.pt``, which holds the
+            network weights only).
+    """
+    if path is None:
+        return
+    file, keys = Path(path), sorted(expected)
+    fix = "pass a checkpoint_epoch=N.pt that this bundle's training wrote (models/model.pt holds the network weights only)"
+    if not file.is_file():
+        found = sorted(p.name for p in file.parent.glob("*checkpoint*epoch=*.pt")) if file.parent.is_dir() else []
+        raise FileNotFoundError(f"resume_checkpoint {file} does not exist; {fix}. Found beside it: {found or 'none'}.")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ValueError(
+            f"resume_checkpoint {file} is not a readable torch checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200]}); {fix}."
+        ) from error
+    missing = [key for key in keys if not isinstance(checkpoint, Mapping) or key not in checkpoint]
+    if missing:
+        found = sorted(checkpoint)[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+        raise ValueError(
+            f"resume_checkpoint {file} is not a trainer checkpoint of this bundle: expected the entries {keys}, "
+            f"missing {missing} (found {found}); {fix}."
+        )
