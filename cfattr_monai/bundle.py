@@ -110,10 +110,10 @@ def load_weights(network: nn.Module, ckpt_path: str | Path, config_files: Sequen
     if ckpt_path.is_dir():
         raise ValueError(f"checkpoint {ckpt_path} is a folder, expected a weights file such as {ckpt_path}/model.pt.")
     if not ckpt_path.is_file():
-        bundle_dir = ckpt_path.parent.parent
         raise FileNotFoundError(
-            f"checkpoint {ckpt_path} not found; train the bundle first (cd {bundle_dir} && python -m monai.bundle "
-            "run --config_file configs/train.json) or point to an existing checkpoint."
+            f"checkpoint {ckpt_path} not found; train the bundle first (in its folder: python -m monai.bundle run "
+            f"--config_file configs/train.json --ckpt_dir {ckpt_path.parent}), or point ckpt_dir / checkpoint at the "
+            "folder / file that holds the trained model.pt."
         )
     state = read_state_dict(ckpt_path)
     _check_state_dict(state, network, ckpt_path, config_files)
@@ -175,10 +175,12 @@ def _check_state_dict(state: object, network: nn.Module, ckpt_path: Path, config
             for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", reshaped))
             if keys
         )
+        configured = f" configured by {', '.join(map(str, config_files))}" if config_files else ""
         raise ValueError(
-            f"load_network: {ckpt_path} was saved from another network than {type(network).__qualname__} configured "
-            f"by {', '.join(map(str, config_files))}: {details}. Pass the task overlays the checkpoint was trained "
-            "with (e.g. overlays=['configs/task_cxr.json']) or point checkpoint= at matching weights."
+            f"{ckpt_path} was saved from another network than {type(network).__qualname__}{configured}: "
+            f"{details}. Use the task overlays the checkpoint was trained with (bundle run: --config_file "
+            "\"['configs/<config>.json','configs/task_cxr.json']\"; Python: overlays=['configs/task_cxr.json']), or "
+            "point the checkpoint at weights of this network."
         )
 
 

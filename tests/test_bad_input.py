@@ -459,7 +459,7 @@ def _nan_weights(root: Path) -> None:
 CLI_BUNDLE_CASES = [  # (id, break(bundles root), stderr fragments)
     ("classifier-checkpoint-for-another-backbone", _other_backbone,
      ["classifier/models/model.pt was saved from another network than MobileNetV1", "shape mismatch",
-      "Pass the task overlays"]),
+      "Use the task overlays"]),
     ("checkpoint-is-not-a-state-dict", _trainer_checkpoint,
      ["classifier/models/model.pt holds a dict of non-tensors, keys model, trainer", "expected a state dict",
       "trainer checkpoints (models/checkpoint*.pt) are for resuming"]),
