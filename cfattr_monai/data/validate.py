@@ -34,12 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from monai.data import load_decathlon_datalist
 from monai.transforms import LoadImage
 from PIL import Image
 
 from cfattr_monai.data.datalist import SPLITS
 
-__all__ = ["DatalistError", "check_datalist", "check_pairs", "MIN_IMAGE_SIZE"]
+__all__ = ["DatalistError", "check_datalist", "check_pairs", "healthy_items", "MIN_IMAGE_SIZE"]
 
 MIN_IMAGE_SIZE = 32
 _SHOWN_PROBLEMS = 8
@@ -333,3 +334,22 @@ def check_pairs(pairs: object, image_key: str = "image", mask_key: str = "hole",
         problems += [f"pair {index} {p}" for p in found]
     _raise_problems("check_pairs", problems)
     return pairs
+
+
+def healthy_items(datalist: str | Path, split: str) -> list[dict]:
+    """The healthy (label 0) items of ``split``, paths joined to the datalist's folder, as MONAI's loader reads them.
+
+    The inpainter trains and validates on healthy images only (its bundle's ``train.json``).
+
+    Raises:
+        DatalistError: ``split`` holds no healthy image.
+    """
+    items = load_decathlon_datalist(str(datalist), False, split, str(Path(datalist).parent))
+    healthy = [item for item in items if item["label"] == 0]
+    if not healthy:
+        raise DatalistError(
+            f"healthy_items: {datalist}: split {split!r} holds no healthy image among its {len(items)} item(s), "
+            "expected at least one with label 0: the inpainter trains and validates on healthy images only. Add label-0 "
+            f"images to {split!r} or re-split the data set."
+        )
+    return healthy

@@ -97,7 +97,7 @@ def check_resume_checkpoint(path: str | os.PathLike | None, expected: Mapping | 
         found = sorted(p.name for p in file.parent.glob("*checkpoint*epoch=*.pt")) if file.parent.is_dir() else []
         raise FileNotFoundError(f"resume_checkpoint {file} does not exist; {fix}. Found beside it: {found or 'none'}.")
     try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)  # keys only: no tensor copies
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
         raise ValueError(
             f"resume_checkpoint {file} is not a readable torch checkpoint ({type(error).__name__}: "

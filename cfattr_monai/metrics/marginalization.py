@@ -39,21 +39,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import load_decathlon_datalist
 from monai.metrics import compute_roc_auc
 from monai.metrics.regression import compute_ssim_and_cs
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityd
 from scipy.ndimage import binary_dilation
 
 from cfattr_monai.data.phantoms import write_healthy_twins
-from cfattr_monai.data.validate import DatalistError, check_datalist
+from cfattr_monai.data.validate import check_datalist
 from cfattr_monai.io.outputs import atomic_path, save_figure
 from cfattr_monai.networks.classifier_output import pathology_probability
 from cfattr_monai.transforms.marginalize import Marginalizer
 from cfattr_monai.transforms.masks import irregular_hole_mask
 
-__all__ = ["healthy_items", "hole_psnr", "hole_ssim", "load_split", "load_twins", "marginalization_study", "roc_curve",
-           "save_fig1c", "write_study"]
+__all__ = ["hole_psnr", "hole_ssim", "load_split", "load_twins", "marginalization_study", "roc_curve", "save_fig1c",
+           "write_study"]
 
 LESION_MARGIN = 2  # pixels: healthy-tissue holes keep this distance to a lesion, lesion holes cover this much more
 
@@ -101,25 +100,6 @@ def load_split(
     out["lesion"], out["organ"] = (out["lesion"] > 0).float(), (out["organ"] > 0).float()  # {0, 1} or {0, 255}
     out["label"] = torch.tensor([d["label"] for d in loaded])
     return out
-
-
-def healthy_items(datalist: str | Path, split: str) -> list[dict]:
-    """The healthy (label 0) items of ``split``, paths joined to the datalist's folder, as MONAI's loader reads them.
-
-    The inpainter trains and validates on healthy images only (its bundle's ``train.json``).
-
-    Raises:
-        DatalistError: ``split`` holds no healthy image.
-    """
-    items = load_decathlon_datalist(str(datalist), False, split, str(Path(datalist).parent))
-    healthy = [item for item in items if item["label"] == 0]
-    if not healthy:
-        raise DatalistError(
-            f"healthy_items: {datalist}: split {split!r} holds no healthy image among its {len(items)} item(s), "
-            "expected at least one with label 0: the inpainter trains and validates on healthy images only. Add label-0 "
-            f"images to {split!r} or re-split the data set."
-        )
-    return healthy
 
 
 def load_twins(datalist: str | Path, split: str = "test", image_size: Sequence[int] | None = None) -> torch.Tensor | None:

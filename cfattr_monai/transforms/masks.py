@@ -17,16 +17,20 @@ The hole ratio is measured relative to the area of ``allowed`` (the whole image 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy.ndimage import binary_dilation
 from monai.config import KeysCollection
 from monai.transforms import LoadImage, MapTransform, Randomizable
 from monai.utils import convert_to_dst_type
 
-__all__ = ["irregular_hole_mask", "RandIrregularHoleMaskd"]
+__all__ = ["irregular_hole_mask", "RandIrregularHoleMaskd", "gaussian_rbf_smooth_max", "map_into_compact", "SmoothMaxCompact",
+           "OrganMaskd"]
 
 RandomGenerator = np.random.RandomState | np.random.Generator
 
@@ -223,12 +227,6 @@ class RandIrregularHoleMaskd(Randomizable, MapTransform):
 # Smooth-max mapping into the set S of compact, connected masks (attributor; Lenis et al. 2020 §2 and §3,
 # after Fong et al., ICCV 2019, "Understanding deep networks via extremal perturbations and smooth masks", §3.2).
 # ---------------------------------------------------------------------------------------------------------------
-import math  # noqa: E402
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-__all__ += ["gaussian_rbf_smooth_max", "map_into_compact", "SmoothMaxCompact"]
 
 
 def gaussian_rbf_smooth_max(mask: torch.Tensor, sigma: float, smoothing: float = 30.0) -> torch.Tensor:
@@ -326,8 +324,6 @@ class SmoothMaxCompact(torch.nn.Module):
     def forward(self, mask: torch.Tensor) -> torch.Tensor:
         return map_into_compact(mask, self.sigma_fraction, self.smoothing, self.cells_per_sigma)
 
-
-__all__ += ["OrganMaskd"]
 
 
 class OrganMaskd(MapTransform):
