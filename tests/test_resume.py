@@ -142,6 +142,9 @@ def test_interrupted_training_resumes(bundles, tmp_path, name, tolerance):
     a_metric = uninterrupted.get_parsed_content("validate#evaluator").state.metrics[metric]
     b_metric = resumed.get_parsed_content("validate#evaluator").state.metrics[metric]
     assert abs(a_metric - b_metric) <= tolerance, f"{metric}: uninterrupted {a_metric}, resumed {b_metric}"
+    if "validate#early_stop" in resumed:  # its patience counter (and restart bookkeeping) resumes too
+        a_stop, b_stop = (p.get_parsed_content("validate#early_stop").state_dict() for p in (uninterrupted, resumed))
+        assert b_stop == a_stop
     if tolerance == 0.0:
         for key, value in network_state(uninterrupted).items():
             torch.testing.assert_close(network_state(resumed)[key], value, rtol=1e-5, atol=1e-6, msg=key)

@@ -1,0 +1,124 @@
+"""ResumableEarlyStop (early-stopping state in the trainer checkpoint) and EarlyStopOrRestart (a new random start when
+the validation score never rises above its first value)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from cfattr_monai.handlers.early_stop import EarlyStopOrRestart, ResumableEarlyStop
+from cfattr_monai.networks.attribution import AttentionGatedUNet
+from cfattr_monai.networks.mobilenet import MobileNetV1
+
+
+def _training(scores: list[float], handler: ResumableEarlyStop, max_epochs: int) -> tuple[Engine, list[int]]:
+    """A trainer of one empty iteration per epoch whose epoch ``k`` ends with a validation scoring ``scores[k - 1]``
+    (the last score repeats); returns it and the epochs it ran, after running it."""
+    network = AttentionGatedUNet(MobileNetV1(width_mult=0.25))
+    trainer = Engine(lambda engine, batch: None)
+    trainer.network = network
+    trainer.optimizer = torch.optim.Adam(network.trainable_parameters(), lr=1e-3)
+    validator = Engine(lambda engine, batch: None)
+    validator.add_event_handler(
+        Events.EPOCH_COMPLETED,
+        lambda engine: engine.state.metrics.update(score=np.float64(scores[min(trainer.state.epoch, len(scores)) - 1])),
+    )
+    handler.attach(validator)
+    handler.set_trainer(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: validator.run([0], max_epochs=1))
+    epochs: list[int] = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: epochs.append(engine.state.epoch))
+    trainer.run([0], max_epochs=max_epochs)
+    return trainer, epochs
+
+
+def _score(engine: Engine) -> float:
+    return engine.state.metrics["score"]
+
+
+FLAT, GROWS_LATE = [0.02] * 40, [0.02] * 4 + [0.1, 0.2, 0.3] + [0.3] * 40
+
+# (scores, restart_patience, patience, max_restarts, max_epochs, expected restarts, expected last epoch)
+RESTART_CASES = [
+    # a start that rises within restart_patience never restarts; early stopping then counts from its best
+    (GROWS_LATE, 4, 6, 2, 30, 0, 7 + 6),
+    # flat: restart after 1 + 4 validations (epoch 5), then again at 10; after two restarts early stopping ends it
+    # 6 validations after the third start's first one (epoch 11 + 6 = 17); each abandoned start adds its 5 epochs
+    (FLAT, 4, 6, 2, 30, 2, 17),
+    # the budget grows by the abandoned epochs: 8 epochs allowed, restart at 5, so the run may go to 13
+    (FLAT, 4, 20, 1, 8, 1, 13),
+    # max_restarts 0 is plain early stopping
+    (FLAT, 4, 6, 0, 30, 0, 7),
+]
+
+
+@pytest.mark.parametrize("scores, restart_patience, patience, max_restarts, max_epochs, restarts, last", RESTART_CASES)
+def test_restart_cases(scores, restart_patience, patience, max_restarts, max_epochs, restarts, last):
+    handler = EarlyStopOrRestart(patience, _score, restart_patience=restart_patience, max_restarts=max_restarts)
+    trainer, epochs = _training(scores, handler, max_epochs)
+    assert handler.restarts == restarts
+    assert epochs[-1] == last
+    assert epochs == list(range(1, last + 1)), "a restart goes on counting epochs"
+
+
+def test_restart_redraws_the_decoder_only_and_clears_the_optimizer():
+    network = AttentionGatedUNet(MobileNetV1(width_mult=0.25))
+    trainer = Engine(lambda engine, batch: None)
+    trainer.network, trainer.optimizer = network, torch.optim.Adam(network.trainable_parameters(), lr=1e-3)
+    network(torch.rand(1, 1, 64, 64)).mean().backward()
+    trainer.optimizer.step()
+    assert trainer.optimizer.state
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    trainer.state.max_epochs, trainer.state.epoch = 10, 4
+    handler = EarlyStopOrRestart(5, _score, restart_patience=2)
+    handler.set_trainer(trainer)
+    handler.restart()
+    after = network.state_dict()
+    frozen = [k for k in before if k.startswith(("classifier.", "encoder."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen), "the frozen classifier must not change"
+    assert not torch.equal(before["head.weight"], after["head.weight"]), "the decoder must get new weights"
+    assert not trainer.optimizer.state and trainer.state.max_epochs == 14 and handler.added_epochs == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"patience": 5, "restart_patience": 5},  # restart_patience must be below patience
+        {"patience": 5, "restart_patience": 0},
+        {"patience": 5, "restart_patience": 2, "max_restarts": -1},
+    ],
+)
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError, match="restart_patience"):
+        EarlyStopOrRestart(score_function=_score, **kwargs)
+
+
+@pytest.mark.parametrize("handler_type", [ResumableEarlyStop, EarlyStopOrRestart])
+def test_state_needs_a_trainer(handler_type):
+    kwargs = {"restart_patience": 2} if handler_type is EarlyStopOrRestart else {}
+    with pytest.raises(RuntimeError, match="set_trainer"):
+        handler_type(patience=5, score_function=_score, **kwargs).state_dict()
+
+
+@pytest.mark.parametrize("handler_type", [ResumableEarlyStop, EarlyStopOrRestart])
+def test_state_resumes_through_a_weights_only_checkpoint(handler_type):
+    """A run interrupted after 7 epochs and resumed from its saved state stops where the uninterrupted run stops."""
+    kwargs = {"restart_patience": 4} if handler_type is EarlyStopOrRestart else {}
+    scores = [0.5, 0.6, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55]
+    whole = handler_type(patience=6, score_function=_score, **kwargs)
+    _, epochs_whole = _training(scores, whole, 30)
+    first = handler_type(patience=6, score_function=_score, **kwargs)
+    _training(scores, first, 7)
+    buffer = io.BytesIO()
+    torch.save({"early_stop": first.state_dict()}, buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)["early_stop"]
+    second = handler_type(patience=6, score_function=_score, **kwargs)
+    second.set_trainer(Engine(lambda engine, batch: None))
+    second.load_state_dict(state)
+    assert second.state_dict() == first.state_dict()
+    assert epochs_whole[-1] == 8 and state["counter"] == 5, "one more flat validation stops the resumed run"
