@@ -46,9 +46,12 @@ FLAT, GROWS_LATE = [0.02] * 40, [0.02] * 4 + [0.1, 0.2, 0.3] + [0.3] * 40
 RESTART_CASES = [
     # a start that rises within restart_patience never restarts; early stopping then counts from its best
     (GROWS_LATE, 4, 6, 2, 30, 0, 7 + 6),
-    # flat: restart after 1 + 4 validations (epoch 5), then again at 10; after two restarts early stopping ends it
-    # 6 validations after the third start's first one (epoch 11 + 6 = 17); each abandoned start adds its 5 epochs
-    (FLAT, 4, 6, 2, 30, 2, 17),
+    # flat: restart after 1 + 4 validations (epoch 5), then after 4 more (epoch 9: a later start must beat the run's
+    # first score from its first validation on); after two restarts early stopping ends it 6 validations after the
+    # third start's first one (epoch 10 + 6 = 16); the abandoned starts add their 5 + 4 epochs to the budget
+    (FLAT, 4, 6, 2, 30, 2, 16),
+    # a new start that scores high at once has grown, though it never beats its own first score
+    ([0.02] * 5 + [0.4] + [0.3] * 40, 4, 6, 2, 30, 1, 6 + 6),
     # the budget grows by the abandoned epochs: 8 epochs allowed, restart at 5, so the run may go to 13
     (FLAT, 4, 20, 1, 8, 1, 13),
     # max_restarts 0 is plain early stopping

@@ -4,8 +4,9 @@ MONAI's ``EarlyStopHandler`` keeps its patience counter and best score in memory
 again. :class:`ResumableEarlyStop` exposes them as ``state_dict()`` / ``load_state_dict()`` for the trainer
 checkpoint. :class:`EarlyStopOrRestart` adds what the attributor needs: some random starts of its decoder never begin
 to grow a map (the validation flip rate stays at its first value until early stopping ends the run with a useless
-model), so when the score has not risen above its first value for ``restart_patience`` validations the network's
-trainable weights are drawn anew and training goes on, with the epochs of the abandoned start added to the budget.
+model), so when the score has not risen above the run's first validation score for ``restart_patience`` validations
+the network's trainable weights are drawn anew and training goes on, with the epochs of the abandoned start added to
+the budget.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ class ResumableEarlyStop(EarlyStopHandler):
 class EarlyStopOrRestart(ResumableEarlyStop):
     """Early stopping that first restarts the network from new random weights while its score has never risen.
 
-    After each validation: if the score has not risen above the first score of the current start (by more than
-    ``min_delta``) for ``restart_patience`` validations and fewer than ``max_restarts`` restarts were made, the
+    After each validation: if the current start has not raised the score above the run's first validation score (by
+    more than ``min_delta``; the level of a network that has learnt nothing yet) for ``restart_patience`` validations
+    (those after the first for the first start, all for later ones) and fewer than ``max_restarts`` restarts were
+    made, the
     trainer's network redraws its trainable weights (``reset_parameters()``, from the continuing random stream, so a
     seeded run stays reproducible), the optimizer forgets its state, the patience counter starts again and the
     trainer's ``max_epochs`` grows by the epochs of the abandoned start. Otherwise it is MONAI's early stopping.
@@ -64,7 +67,7 @@ class EarlyStopOrRestart(ResumableEarlyStop):
     Args:
         patience: validations without improvement before the run stops.
         score_function: validator engine → score (higher is better).
-        restart_patience: validations at the first score before a restart.
+        restart_patience: validations not above the run's first score before a restart.
         max_restarts: most restarts per run (0: plain resumable early stopping).
         min_delta: smallest rise that counts, for both the restart and the early stopping.
         kwargs: further ``EarlyStopHandler`` arguments.
@@ -103,8 +106,8 @@ class EarlyStopOrRestart(ResumableEarlyStop):
         self.restarts = 0
         self.start_epoch = 0  # trainer epoch at which the current start began
         self.added_epochs = 0  # epochs of abandoned starts, added to the trainer's max_epochs
-        self.first_score: float | None = None  # first validation score of the current start
-        self.flat_validations = 0  # validations since then without a rise; -1 once the score rose
+        self.first_score: float | None = None  # the run's first validation score
+        self.flat_validations = 0  # validations of the current start not above it; -1 once the score rose
         self.logger = logging.getLogger(__name__)
 
     def set_trainer(self, trainer: Engine) -> None:
@@ -126,8 +129,9 @@ class EarlyStopOrRestart(ResumableEarlyStop):
                 return
             if self.flat_validations == self.restart_patience:
                 self.logger.warning(
-                    f"EarlyStopOrRestart: the validation score stayed at {self.first_score:.4g} in all "
-                    f"{self.restarts + 1} random starts; the trained model will not do better than at its start "
+                    f"EarlyStopOrRestart: the validation score did not rise above its first value "
+                    f"({self.first_score:.4g}) in any of {self.restarts + 1} random starts; the trained model will not "
+                    "do better than at its start "
                     "(check the data and the frozen networks, or try another seed)."
                 )
         super().__call__(engine)
@@ -147,12 +151,12 @@ class EarlyStopOrRestart(ResumableEarlyStop):
         if trainer.state.max_epochs is not None:
             trainer.state.max_epochs += epochs
         self.logger.warning(
-            f"EarlyStopOrRestart: the validation score stayed at its first value ({self.first_score}) for "
+            f"EarlyStopOrRestart: the validation score did not rise above its first value ({self.first_score}) for "
             f"{self.restart_patience} validations; restart {self.restarts + 1} of {self.max_restarts} from new random weights "
             f"at epoch {trainer.state.epoch} (the run now ends at epoch {trainer.state.max_epochs} at the latest)."
         )
         self.restarts += 1
-        self.start_epoch, self.first_score, self.flat_validations = trainer.state.epoch, None, 0
+        self.start_epoch, self.flat_validations = trainer.state.epoch, 0
 
     def state_dict(self) -> dict:
         """The early-stopping state and the restart bookkeeping."""
