@@ -445,6 +445,14 @@ def _retrained_classifier(root: Path) -> None:
                root / "classifier" / "models" / "model.pt")
 
 
+def _attributor_of_another_training(root: Path) -> None:
+    """``model.pt`` of an attributor trained on another classifier, beside this bundle's fingerprint file."""
+    path = root / "attributor" / "models" / "model.pt"
+    state = torch.load(path, weights_only=True)
+    frozen = ("classifier.", "encoder.")
+    torch.save({k: v + 1e-3 if k.startswith(frozen) and v.is_floating_point() else v for k, v in state.items()}, path)
+
+
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -484,6 +492,8 @@ CLI_BUNDLE_CASES = [  # (id, break(bundles root), stderr fragments)
      ["attributor/models/model.pt was saved from another network than AttentionGatedUNet", "unexpected (1): w"]),
     ("classifier-other-than-trained-with", _retrained_classifier,
      ["differ from those the attributor was trained with", "retrain the attributor"]),
+    ("attributor-checkpoint-of-another-training", _attributor_of_another_training,
+     ["classifier weights stored in", "attributor/models/model.pt", "come from different trainings"]),
     ("attributor-without-fingerprint", lambda r: (r / "attributor/models/classifier_fingerprint.json").unlink(),
      ["classifier_fingerprint.json not found", "train the attributor bundle"]),
     ("fingerprint-is-not-json", lambda r: (r / "attributor/models/classifier_fingerprint.json").write_text("{"),

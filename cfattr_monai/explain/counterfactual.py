@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cfattr_monai.bundle import fingerprint
+from cfattr_monai.bundle import fingerprint, load_weights
 from cfattr_monai.networks.classifier_output import pathology_probability
 
 __all__ = [
     "CounterfactualExplainer",
     "write_classifier_fingerprint",
     "check_classifier_fingerprint",
+    "load_attributor_weights",
     "load_explainer",
     "flagged_items",
     "FINGERPRINT_FILE",
@@ -123,8 +124,14 @@ def read_classification_threshold(ckpt_dir: str | Path, default: float | None = 
     return default if value is None else float(value)
 
 
-def check_classifier_fingerprint(classifier: nn.Module, ckpt_dir: str | Path) -> None:
+def check_classifier_fingerprint(classifier: nn.Module, ckpt_dir: str | Path, stored_in: str | Path | None = None) -> None:
     """Raise ValueError when ``classifier`` is not the one the attributor in ``ckpt_dir`` was trained with.
+
+    Args:
+        classifier: the classifier to check.
+        ckpt_dir: folder of the attributor's ``model.pt`` and ``classifier_fingerprint.json``.
+        stored_in: the attributor checkpoint ``classifier``'s weights were just loaded from (changes the message:
+            the checkpoint and the fingerprint then come from different trainings); None: the ``classifier_bundle``'s.
 
     Raises:
         FileNotFoundError: no fingerprint file (the attributor was not trained by this bundle).
@@ -138,12 +145,45 @@ def check_classifier_fingerprint(classifier: nn.Module, ckpt_dir: str | Path) ->
         )
     expected = _read_fingerprint_file(path)["sha256"]
     found = fingerprint(classifier)
+    if found != expected and stored_in is not None:
+        raise ValueError(
+            f"the classifier weights stored in {stored_in} (sha256 {found[:12]}…) differ from those recorded in "
+            f"{path} ({expected[:12]}…): the checkpoint and the fingerprint come from different trainings; copy both "
+            "files from the same training run, or retrain the attributor."
+        )
     if found != expected:
         raise ValueError(
             f"the classifier's weights (sha256 {found[:12]}…) differ from those the attributor was trained with "
             f"({expected[:12]}…, {path}); retrain the attributor for this classifier or point `classifier_bundle` "
             "at the classifier it was trained with."
         )
+
+
+def load_attributor_weights(
+    attributor: nn.Module, checkpoint: str | Path, config_files: Sequence[str | Path] = ()
+) -> nn.Module:
+    """Load a trained attributor's ``model.pt`` into ``attributor``, checking its classifier before and after.
+
+    ``model.pt`` holds the whole network, the frozen classifier included, so loading it replaces the classifier the
+    network was built on. Both must be the classifier the attributor was trained with: before loading, the one built
+    from ``classifier_bundle`` (:func:`check_classifier_fingerprint`); after it, the one stored in the checkpoint, so
+    that a ``model.pt`` copied from another training than the ``classifier_fingerprint.json`` beside it cannot
+    silently swap the classifier.
+
+    Args:
+        attributor: an :class:`~cfattr_monai.networks.attribution.AttentionGatedUNet` on the bundle's classifier.
+        checkpoint: its ``model.pt``; ``classifier_fingerprint.json`` is read from the same folder.
+        config_files: the configs that defined ``attributor`` (named in a wrong-network error).
+
+    Raises:
+        FileNotFoundError: no checkpoint or no fingerprint file.
+        ValueError: either classifier differs from the recorded one, or the checkpoint does not fit the network.
+    """
+    folder = Path(checkpoint).parent
+    check_classifier_fingerprint(attributor.classifier, folder)
+    load_weights(attributor, checkpoint, config_files)
+    check_classifier_fingerprint(attributor.classifier, folder, stored_in=checkpoint)
+    return attributor
 
 
 def load_explainer(
@@ -163,7 +203,7 @@ def load_explainer(
         FileNotFoundError: a bundle, config or checkpoint is missing.
         ValueError: the classifier is not the one the attributor was trained with.
     """
-    from cfattr_monai.bundle import bundle_config_files, load_network, load_weights, read_bundle_config
+    from cfattr_monai.bundle import bundle_config_files, load_network, read_bundle_config
 
     bundle = Path(attributor_bundle_dir).resolve()
     parser = read_bundle_config(bundle, overlays, caller="load_explainer")
@@ -176,14 +216,14 @@ def load_explainer(
     classifier = load_network(
         bundle_path("classifier_bundle"), parser.get_parsed_content("classifier_overlays"), device=device
     )
-    check_classifier_fingerprint(classifier, (bundle / checkpoint).parent)
+    check_classifier_fingerprint(classifier, (bundle / checkpoint).parent)  # before the inpainter: fail early
     inpainter = load_network(
         bundle_path("inpainter_bundle"), parser.get_parsed_content("inpainter_overlays"), device=device
     )
     parser["classifier"] = classifier
     parser["inpainter"] = inpainter
     attributor = parser.get_parsed_content("network_def").to(device)
-    load_weights(attributor, bundle / checkpoint, config_files)
+    load_attributor_weights(attributor, bundle / checkpoint, config_files)
     attributor.eval().requires_grad_(False)
     marginalizer = parser.get_parsed_content("marginalizer")
     return CounterfactualExplainer(attributor, classifier, marginalizer, parser.get_parsed_content("threshold"))
