@@ -124,7 +124,9 @@ def read_classification_threshold(ckpt_dir: str | Path, default: float | None = 
     return default if value is None else float(value)
 
 
-def check_classifier_fingerprint(classifier: nn.Module, ckpt_dir: str | Path, stored_in: str | Path | None = None) -> None:
+def check_classifier_fingerprint(
+    classifier: nn.Module, ckpt_dir: str | Path, stored_in: str | Path | None = None
+) -> None:
     """Raise ValueError when ``classifier`` is not the one the attributor in ``ckpt_dir`` was trained with.
 
     Args:

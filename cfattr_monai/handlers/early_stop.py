@@ -131,8 +131,7 @@ class EarlyStopOrRestart(ResumableEarlyStop):
                 self.logger.warning(
                     f"EarlyStopOrRestart: the validation score did not rise above its first value "
                     f"({self.first_score:.4g}) in any of {self.restarts + 1} random starts; the trained model will not "
-                    "do better than at its start "
-                    "(check the data and the frozen networks, or try another seed)."
+                    "do better than at its start (check the data and the frozen networks, or try another seed)."
                 )
         super().__call__(engine)
 
@@ -152,8 +151,8 @@ class EarlyStopOrRestart(ResumableEarlyStop):
             trainer.state.max_epochs += epochs
         self.logger.warning(
             f"EarlyStopOrRestart: the validation score did not rise above its first value ({self.first_score}) for "
-            f"{self.restart_patience} validations; restart {self.restarts + 1} of {self.max_restarts} from new random weights "
-            f"at epoch {trainer.state.epoch} (the run now ends at epoch {trainer.state.max_epochs} at the latest)."
+            f"{self.restart_patience} validations; restart {self.restarts + 1} of {self.max_restarts} from new random "
+            f"weights at epoch {trainer.state.epoch} (the run now ends by epoch {trainer.state.max_epochs})."
         )
         self.restarts += 1
         self.start_epoch, self.flat_validations = trainer.state.epoch, 0
@@ -171,5 +170,6 @@ class EarlyStopOrRestart(ResumableEarlyStop):
 
     def load_state_dict(self, state: Mapping) -> None:
         super().load_state_dict(state)
-        self.restarts, self.start_epoch, self.added_epochs = state["restarts"], state["start_epoch"], state["added_epochs"]
+        self.restarts, self.start_epoch = state["restarts"], state["start_epoch"]
+        self.added_epochs = state["added_epochs"]
         self.first_score, self.flat_validations = state["first_score"], state["flat_validations"]
