@@ -84,7 +84,7 @@ def test_restart_redraws_the_decoder_only_and_clears_the_optimizer():
     frozen = [k for k in before if k.startswith(("classifier.", "encoder."))]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen), "the frozen classifier must not change"
     assert not torch.equal(before["head.weight"], after["head.weight"]), "the decoder must get new weights"
-    assert not trainer.optimizer.state and trainer.state.max_epochs == 14 and handler.added_epochs == 4
+    assert not trainer.optimizer.state and trainer.state.max_epochs == 14 and handler.start_epoch == 4
 
 
 @pytest.mark.parametrize(

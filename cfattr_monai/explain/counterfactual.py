@@ -198,8 +198,8 @@ def load_explainer(
 
     Reads the bundle's ``configs/inference.json`` plus ``overlays`` (paths relative to the bundle), loads the
     classifier and inpainter bundles it names (``classifier_bundle``/``classifier_overlays``,
-    ``inpainter_bundle``/``inpainter_overlays``) through :func:`cfattr_monai.bundle.load_network`, checks the
-    classifier fingerprint, then loads the attributor weights from ``checkpoint``.
+    ``inpainter_bundle``/``inpainter_overlays``) through :func:`cfattr_monai.bundle.load_network`, then loads
+    the attributor weights from ``checkpoint`` with :func:`load_attributor_weights` (classifier fingerprint checks).
 
     Raises:
         FileNotFoundError: a bundle, config or checkpoint is missing.
@@ -218,7 +218,6 @@ def load_explainer(
     classifier = load_network(
         bundle_path("classifier_bundle"), parser.get_parsed_content("classifier_overlays"), device=device
     )
-    check_classifier_fingerprint(classifier, (bundle / checkpoint).parent)  # before the inpainter: fail early
     inpainter = load_network(
         bundle_path("inpainter_bundle"), parser.get_parsed_content("inpainter_overlays"), device=device
     )

@@ -20,15 +20,6 @@ from monai.handlers import CheckpointSaver
 __all__ = ["BestModelSaver", "check_resume_checkpoint"]
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    """What changes when ``path`` is written again: (inode, size, modification time in ns), or None when absent."""
-    try:
-        status = path.stat()
-    except FileNotFoundError:
-        return None
-    return status.st_ino, status.st_size, status.st_mtime_ns
-
-
 class BestModelSaver(CheckpointSaver):
     """``CheckpointSaver`` of the best key-metric model only, resumable, with writers run after each new best model.
 
@@ -61,7 +52,6 @@ class BestModelSaver(CheckpointSaver):
         super().__init__(
             save_dir=save_dir, save_dict=save_dict, save_key_metric=True, key_metric_filename=key_metric_filename, **kwargs
         )
-        self.best_path = Path(save_dir) / key_metric_filename
         self.on_save = list(on_save)
 
     def state_dict(self) -> Mapping:
@@ -70,9 +60,9 @@ class BestModelSaver(CheckpointSaver):
 
     def metrics_completed(self, engine: Engine) -> None:
         """Save the model when its key metric is the best so far, then run ``on_save``."""
-        before = _stamp(self.best_path)
+        before = self._key_metric_checkpoint.state_dict()["_saved"]
         super().metrics_completed(engine)
-        if _stamp(self.best_path) != before:
+        if self._key_metric_checkpoint.state_dict()["_saved"] != before:  # a new best model was written
             for write in self.on_save:
                 write()
 

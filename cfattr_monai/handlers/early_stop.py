@@ -104,20 +104,21 @@ class EarlyStopOrRestart(ResumableEarlyStop):
         super().__init__(patience=patience, score_function=score_function, min_delta=min_delta, **kwargs)
         self.restart_patience, self.max_restarts = restart_patience, max_restarts
         self.restarts = 0
-        self.start_epoch = 0  # trainer epoch at which the current start began
-        self.added_epochs = 0  # epochs of abandoned starts, added to the trainer's max_epochs
+        self.start_epoch = 0  # trainer epoch at which the current start began: the epochs of the abandoned starts
         self.first_score: float | None = None  # the run's first validation score
         self.flat_validations = 0  # validations of the current start not above it; -1 once the score rose
+        self.base_max_epochs: int | None = None  # the trainer's own budget, read at the first validation
         self.logger = logging.getLogger(__name__)
 
-    def set_trainer(self, trainer: Engine) -> None:
-        super().set_trainer(trainer)
-        self.trainer, self.base_max_epochs = trainer, trainer.state.max_epochs
+    def _extend_budget(self) -> None:
+        """``max_epochs`` = the trainer's own budget + the epochs of the abandoned starts (again after a resume)."""
+        state = self._stopper().trainer.state
+        if self.base_max_epochs is None:
+            self.base_max_epochs = state.max_epochs
+        state.max_epochs = max(state.max_epochs, self.base_max_epochs + self.start_epoch)
 
     def __call__(self, engine: Engine) -> None:
-        self._stopper()
-        if self.base_max_epochs is not None:  # a resumed run gets its added epochs back
-            self.trainer.state.max_epochs = max(self.trainer.state.max_epochs, self.base_max_epochs + self.added_epochs)
+        self._extend_budget()
         score = float(self.score_function(engine))
         if self.first_score is None:
             self.first_score = score
@@ -137,7 +138,7 @@ class EarlyStopOrRestart(ResumableEarlyStop):
 
     def restart(self) -> None:
         """Redraw the network's trainable weights, clear the optimizer state and extend the epoch budget."""
-        trainer = self.trainer
+        trainer = self._stopper().trainer
         network = getattr(trainer.network, "module", trainer.network)  # DistributedDataParallel wraps it
         network.reset_parameters()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -145,17 +146,14 @@ class EarlyStopOrRestart(ResumableEarlyStop):
                 torch.distributed.broadcast(parameter.data, src=0)
         trainer.optimizer.state.clear()
         self._handler.counter, self._handler.best_score = 0, None
-        epochs = trainer.state.epoch - self.start_epoch
-        self.added_epochs += epochs
-        if trainer.state.max_epochs is not None:
-            trainer.state.max_epochs += epochs
+        self.start_epoch, self.flat_validations = trainer.state.epoch, 0
+        self._extend_budget()
         self.logger.warning(
             f"EarlyStopOrRestart: the validation score did not rise above its first value ({self.first_score}) for "
             f"{self.restart_patience} validations; restart {self.restarts + 1} of {self.max_restarts} from new random "
             f"weights at epoch {trainer.state.epoch} (the run now ends by epoch {trainer.state.max_epochs})."
         )
         self.restarts += 1
-        self.start_epoch, self.flat_validations = trainer.state.epoch, 0
 
     def state_dict(self) -> dict:
         """The early-stopping state and the restart bookkeeping."""
@@ -163,7 +161,6 @@ class EarlyStopOrRestart(ResumableEarlyStop):
             **super().state_dict(),
             "restarts": self.restarts,
             "start_epoch": self.start_epoch,
-            "added_epochs": self.added_epochs,
             "first_score": self.first_score,
             "flat_validations": self.flat_validations,
         }
@@ -171,5 +168,4 @@ class EarlyStopOrRestart(ResumableEarlyStop):
     def load_state_dict(self, state: Mapping) -> None:
         super().load_state_dict(state)
         self.restarts, self.start_epoch = state["restarts"], state["start_epoch"]
-        self.added_epochs = state["added_epochs"]
         self.first_score, self.flat_validations = state["first_score"], state["flat_validations"]

@@ -325,7 +325,6 @@ class SmoothMaxCompact(torch.nn.Module):
         return map_into_compact(mask, self.sigma_fraction, self.smoothing, self.cells_per_sigma)
 
 
-
 class OrganMaskd(MapTransform):
     """The item's organ mask on its preprocessed image's grid, or the whole image when the item has none.
 
