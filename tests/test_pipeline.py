@@ -1,9 +1,10 @@
 import json
+import os
 import sys
 
 import pytest
 
-from cfattr_monai.demo import collect_metrics
+from cfattr_monai.demo import collect_metrics, main, pin_threads
 from cfattr_monai.pipeline import Step, pipeline_steps, run_step
 
 TASKS = [
@@ -62,3 +63,26 @@ def test_metrics_collect_the_twin_and_acceptance_figures(tmp_path):
     metrics = collect_metrics(tmp_path / "out", bundles_dir=tmp_path)
     assert metrics["inpainter"]["twin_abs_dp"] == {"inpaint": 0.03}
     assert metrics["acceptance"] == {"flipped": 0.8, "twin_flipped": 0.78}
+
+
+THREAD_CASES = [
+    (2, "2"),
+    (1, "1"),
+    (0, None),  # torch's default: the environment is left as it is
+]
+
+
+@pytest.mark.parametrize("threads,expected", THREAD_CASES)
+def test_the_demo_pins_the_thread_count_of_the_processes_it_starts(threads, expected, monkeypatch):
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(variable, raising=False)
+    pin_threads(threads)
+    assert os.environ.get("OMP_NUM_THREADS") == expected
+    assert os.environ.get("MKL_NUM_THREADS") == expected
+
+
+def test_a_negative_thread_count_is_refused_before_any_stage(monkeypatch, capsys):
+    monkeypatch.setattr("cfattr_monai.demo.run_demo", lambda *a: pytest.fail("the demo must not start"))
+    with pytest.raises(SystemExit):
+        main(["--threads", "-1"])
+    assert "--threads must be >= 0" in capsys.readouterr().err
