@@ -247,7 +247,7 @@ def test_train_two_phases_resume_evaluate_and_infer(workspace, tmp_path):
     results = json.loads((bundle / "eval" / "marginalization.json").read_text())
     for key in ("auc_none", "auc_healthy_inpaint", "auc_lesion_inpaint"):
         assert 0.0 <= results[key]["mean"] <= 1.0
-    assert set(results["mean_abs_dp_healthy"]) == set(results["psnr"]) == set(results["ssim"]) == {"inpaint", "blur", "noise", "mean"}
+    assert set(results["mean_abs_dp_healthy"]) == set(results["psnr"]) == set(results["ssim"]) == {"inpaint", "blur", "blur_context", "noise", "mean"}
     assert len(results["auc_healthy_inpaint"]["runs"]) == 2
     assert (bundle / "eval" / "fig1c_roc.png").stat().st_size > 1000
 

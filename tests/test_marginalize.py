@@ -29,6 +29,7 @@ def attribution(soft: float = 1.0) -> torch.Tensor:
 MARGINALIZERS = {
     "inpaint": lambda: InpaintMarginalizer(tiny_inpainter()),
     "blur": lambda: BlurMarginalizer(sigma=0.1),
+    "blur_context": lambda: BlurMarginalizer(sigma=0.1, context_only=True),
     "noise": lambda: NoiseMarginalizer(std=0.2),
     "mean": lambda: MeanMarginalizer(region="image"),
 }
@@ -87,6 +88,31 @@ def test_blur_removes_detail_and_noise_adds_it():
     assert BlurMarginalizer(sigma=0.1)(image, hole)[..., 8:24, 8:24].std() < 0.1 * image.std()  # interior: no padding
     flat = torch.full((1, 1, 32, 32), 0.5)
     assert NoiseMarginalizer(std=0.2)(flat, hole).std() > 0.1
+
+
+SEES_THE_HOLE = [
+    ("blur", True),  # Fong et al.: the blurred image, the replaced pixels included
+    ("blur_context", False),  # normalized convolution of the pixels around the hole
+    ("mean", False),
+    ("inpaint", False),
+]
+
+
+@pytest.mark.parametrize("name,sees_the_hole", SEES_THE_HOLE)
+def test_which_fills_depend_on_the_pixels_they_replace(name, sees_the_hole):
+    torch.manual_seed(2)
+    pi, image, mask = MARGINALIZERS[name](), torch.rand(2, 1, 16, 16), attribution()
+    other = torch.where(mask > 0, torch.rand_like(image), image)  # same context, other pixels under the map
+    assert torch.allclose(pi(image, mask), pi(other, mask)) is not sees_the_hole
+
+
+def test_context_blur_fills_far_from_any_valid_pixel_with_the_valid_mean():
+    image = torch.rand(1, 1, 64, 64)
+    hole = torch.zeros(1, 1, 64, 64)
+    hole[..., :, :48] = 1  # the kernel (σ = 1.28 px, truncated at 4σ) sees no valid pixel at the left edge
+    out = BlurMarginalizer(sigma=0.02, context_only=True)(image, hole)
+    torch.testing.assert_close(out[..., :, 0], image[..., :, 48:].mean().expand(1, 1, 64))
+    assert out[..., :, 47].sub(image[..., :, 48:].mean()).abs().mean() > 0.01  # near the border: the local context
 
 
 def test_factory():

@@ -9,7 +9,8 @@ The fill F is computed without gradient from the hard hole ``M > threshold`` (0.
 gradients with respect to M flow through the blend. Fills:
 
 * ``inpaint``: the paper's domain-aware π, the composite of a partial-convolution U-Net trained on healthy tissue;
-* ``blur``: Gaussian blur of the image (Fong et al., ICCV 2019);
+* ``blur``: Gaussian blur of the image (Fong et al., ICCV 2019), or with ``context_only`` of the pixels around the
+  hole only (normalized convolution);
 * ``noise``: the image plus Gaussian noise (Fong et al.; Zintgraf et al.);
 * ``mean``: a constant, the mean of the valid pixels of the image or of the organ (Zeiler & Fergus, ECCV 2014).
 """
@@ -81,21 +82,44 @@ class InpaintMarginalizer(Marginalizer):
 class BlurMarginalizer(Marginalizer):
     """π by Gaussian blur: F = G_σ * I, σ = ``sigma`` × the longer image side (Fong et al. use σ = 10 px at 224²).
 
+    Fong et al.'s blur keeps the low frequencies of the pixels it replaces (a blurred lesion stays a faint lesion).
+    With ``context_only`` the fill is computed from the pixels outside the hole alone, by normalized convolution
+    ``F = G_σ * (I ⊙ V) / G_σ * V`` (``V = 1 − hole``; the mean of ``V``'s pixels where the kernel sees none), so,
+    like inpainting and the mean fill, it never sees what it replaces.
+
+    Args:
+        sigma: σ as a fraction of the longer image side.
+        context_only: fill from the valid pixels only (normalized convolution) instead of blurring the image.
+        threshold: hard-hole threshold on M.
+
     Example:
         >>> pi = BlurMarginalizer(sigma=0.05)
         >>> pi(torch.rand(2, 1, 32, 32), torch.ones(2, 1, 32, 32)).shape
         torch.Size([2, 1, 32, 32])
+        >>> image, hole = torch.rand(1, 1, 32, 32), torch.zeros(1, 1, 32, 32)
+        >>> hole[..., 8:16, 8:16] = 1
+        >>> other = image + hole  # different pixels inside the hole only
+        >>> pi = BlurMarginalizer(sigma=0.05, context_only=True)
+        >>> torch.allclose(pi(image, hole), pi(other, hole))
+        True
     """
 
-    def __init__(self, sigma: float = 0.045, threshold: float = 0.55) -> None:
+    def __init__(self, sigma: float = 0.045, context_only: bool = False, threshold: float = 0.55) -> None:
         super().__init__(threshold)
         if sigma <= 0:
             raise ValueError(f"BlurMarginalizer: sigma must be > 0 (a fraction of the image side), got {sigma}.")
-        self.sigma = sigma
+        self.sigma, self.context_only = sigma, context_only
 
     def fill(self, image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
-        sigma = self.sigma * max(image.shape[2:])
-        return GaussianFilter(spatial_dims=2, sigma=sigma).to(image.device)(image)
+        blur = GaussianFilter(spatial_dims=2, sigma=self.sigma * max(image.shape[2:])).to(image.device)
+        if not self.context_only:
+            return blur(image)
+        valid = (1 - hole).expand_as(image)
+        weight = blur(valid)
+        dims = tuple(range(1, image.ndim))
+        mean = (valid * image).sum(dims, keepdim=True) / valid.sum(dims, keepdim=True).clamp(min=1.0)
+        seen = weight > 1e-6
+        return torch.where(seen, blur(valid * image) / torch.where(seen, weight, 1.0), mean)
 
 
 class NoiseMarginalizer(Marginalizer):
