@@ -32,6 +32,8 @@ REPO_ROOT = BUNDLES_DIR.parent
 DEMO_DATALIST = REPO_ROOT / "data" / "phantoms" / "mammo_128" / "datalist.json"
 DEMO_PHANTOMS = {"kind": "mammo", "n": 600, "size": 128, "seed": 0}
 #: small CPU benchmark of the demo networks (random weights: it measures speed, not quality)
+#: the attributor on the test split; a new table each run, as the bundles may have been retrained since (FRESH=1)
+INFERENCE = Step("attributor/inference", "attributor", ("configs/inference.json",), overrides={"overwrite": "True"})
 #: CPU threads of every stage: the documented demo figures were made with 2 (the project machine's cores)
 DEMO_THREADS = 2
 BENCHMARK_ARGS = ("--backbone", "mobilenet_v1", "--size", "128", "128", "--batch", "8", "--width-mult", "0.5",
@@ -101,8 +103,7 @@ def run_demo(out_dir: Path, fresh: bool = False) -> Path:
     _stage("phantoms", lambda: ensure_phantom_dataset(DEMO_DATALIST, **DEMO_PHANTOMS), stages)
     for step in pipeline_steps("demo"):
         _stage(step.name, lambda step=step: run_step(step, fresh), stages)
-    inference = Step("attributor/inference", "attributor", ("configs/inference.json",))
-    _stage(inference.name, lambda: run_step(inference), stages)
+    _stage(INFERENCE.name, lambda: run_step(INFERENCE), stages)
     acceptance = [sys.executable, "-m", "cfattr_monai.metrics.counterfactual", str(BUNDLES_DIR / "attributor"),
                   "--device", "cpu", "--out", str(out_dir / "acceptance.json")]
     _stage("attributor/acceptance", lambda: subprocess.run(acceptance, check=True, stdout=subprocess.DEVNULL), stages)

@@ -123,6 +123,15 @@ def test_train_then_inference_end_to_end(workspace, tmp_path, capsys):
         for kind in ("map", "mask", "overlay", "counterfactual"):
             assert (bundle / "eval" / "explanations" / row[kind]).is_file()
 
+    # a second inference into the same folder keeps the first table unless told to resume or overwrite
+    table = (bundle / "eval" / "explanations" / "explanations.csv").read_text()
+    with pytest.raises(RuntimeError) as raised:
+        run(config_file=str(bundle / "configs" / "inference.json"), data_list_key="test", **overrides)
+    assert "--overwrite True" in str(raised.value.__cause__)
+    assert (bundle / "eval" / "explanations" / "explanations.csv").read_text() == table
+    run(config_file=str(bundle / "configs" / "inference.json"), data_list_key="test", overwrite=True, **overrides)
+    assert len(list(csv.DictReader((bundle / "eval" / "explanations" / "explanations.csv").open()))) == 2
+
     # the acceptance figures use the θ the attributor was trained for, and the healthy twins of the phantoms
     (bundle / "configs" / "workspace.json").write_text(json.dumps(_overrides(workspace, bundle)))
     fingerprint = bundle / "models" / "classifier_fingerprint.json"

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from cfattr_monai.demo import collect_metrics, main, pin_threads
+from cfattr_monai.demo import INFERENCE, collect_metrics, main, pin_threads
 from cfattr_monai.pipeline import Step, pipeline_steps, run_step
 
 TASKS = [
@@ -86,3 +86,8 @@ def test_a_negative_thread_count_is_refused_before_any_stage(monkeypatch, capsys
     with pytest.raises(SystemExit):
         main(["--threads", "-1"])
     assert "--threads must be >= 0" in capsys.readouterr().err
+
+
+def test_the_demo_inference_starts_a_new_table_each_run():
+    """A second `make demo` reuses the trained bundles but writes the attributor's explanations again."""
+    assert INFERENCE.bundle == "attributor" and INFERENCE.overrides == {"overwrite": "True"}

@@ -226,7 +226,8 @@ def explain_images(
     if csv_path.is_file() and not (resume or overwrite):
         raise FileExistsError(
             f"{csv_path} holds the table of an earlier run; pass --resume to explain only the images it does not "
-            "list, --overwrite to start a new table (e.g. after retraining), or another --out."
+            "list, --overwrite to start a new table (e.g. after retraining), or another --out (in the attributor "
+            "bundle's inference.json: --resume True, --overwrite True or --output_dir)."
         )
     done, used_stems = _earlier_rows(csv_path) if resume else (set(), [])
 
