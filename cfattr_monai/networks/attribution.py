@@ -107,9 +107,12 @@ class AttentionGatedUNet(nn.Module):
         compact: module mapping the soft map into S (e.g. ``SmoothMaxCompact()``); None returns the raw soft map.
         init_std: standard deviation of the random-normal initialization of all trainable weights (biases 0);
             None: He scaling ``sqrt(2 / fan_in)`` per layer, which keeps the activations' scale through the decoder.
-        background_bias: initial bias of ``c2``: with ``|c1| ≪ background_bias`` the initial map is nearly empty and
-            training grows it from nothing (as ``argmin d(M)`` asks); a map covering the whole image at the start
-            would leave the inpainter no context. 0 keeps the plain zero bias.
+        background_bias: initial bias of ``c2``: where ``|c1| ≪ background_bias`` the initial map is nearly empty,
+            so that training grows it rather than shrinks it (as ``argmin d(M)`` asks; a map covering the image
+            would leave the inpainter no context). With He scaling ``|c1|`` is of order one where the encoder's
+            features are strong, so the bias of 1 empties some starts only: on the demo encoder the initial binary
+            map covered 5–94 % of the test images over four draws (the attributor README). 0 keeps the plain zero
+            bias.
         eps: ε of the soft map.
 
     Example:
