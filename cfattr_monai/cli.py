@@ -123,23 +123,15 @@ def _register_pipeline(subparsers) -> None:
     parser.set_defaults(func=_run_pipeline)
 
 
-def _run_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from cfattr_monai.demo import run_demo
-
-    run_demo(Path(args.out).resolve(), args.fresh)
-    return 0
-
-
 def _register_demo(subparsers) -> None:
+    from cfattr_monai.demo import add_arguments, run_from_arguments
+
     parser = subparsers.add_parser(
         "demo", help="the whole chain on phantoms, then the report (what make demo runs)",
         description="Phantoms, the three bundles, attributor inference, a small benchmark and the report.",
     )
-    parser.add_argument("--out", default="reports/demo", help="report folder")
-    parser.add_argument("--fresh", action="store_true", help="retrain bundles that already have models/model.pt")
-    parser.set_defaults(func=_run_demo)
+    add_arguments(parser)
+    parser.set_defaults(func=lambda args: run_from_arguments(args, parser))
 
 
 REGISTRARS = (_register_phantoms, _register_prepare, _register_explain, _register_pipeline, _register_demo)

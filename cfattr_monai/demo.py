@@ -133,20 +133,30 @@ def run_demo(out_dir: Path, fresh: bool = False) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "demo")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options (``--out``, ``--fresh``, ``--threads``), shared by ``python -m cfattr_monai.demo`` and
+    ``cfattr demo``."""
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "demo", help="report folder")
     parser.add_argument("--fresh", action="store_true", help="retrain the bundles even when models/model.pt exists")
     parser.add_argument("--threads", type=int, default=DEMO_THREADS,
                         help=f"CPU threads of every stage (default {DEMO_THREADS}, as the documented figures; "
                              "0: torch's default; another count trains other weights)")
-    args = parser.parse_args(argv)
+
+
+def run_from_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Pin the threads (a bad count is a usage error of ``parser``), then :func:`run_demo`."""
     try:
         pin_threads(args.threads)
     except ValueError as error:
         parser.error(str(error))
-    run_demo(args.out.resolve(), args.fresh)
+    run_demo(Path(args.out).resolve(), args.fresh)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_from_arguments(parser.parse_args(argv), parser)
 
 
 if __name__ == "__main__":

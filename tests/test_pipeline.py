@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from cfattr_monai.cli import main as cli_main
 from cfattr_monai.demo import INFERENCE, collect_metrics, main, pin_threads
 from cfattr_monai.pipeline import Step, pipeline_steps, run_step
 
@@ -81,11 +82,29 @@ def test_the_demo_pins_the_thread_count_of_the_processes_it_starts(threads, expe
     assert os.environ.get("MKL_NUM_THREADS") == expected
 
 
-def test_a_negative_thread_count_is_refused_before_any_stage(monkeypatch, capsys):
+ENTRY_POINTS = [
+    ("python -m cfattr_monai.demo", lambda argv: main(argv)),
+    ("cfattr demo", lambda argv: cli_main(["demo", *argv])),
+]
+
+
+@pytest.mark.parametrize("name,entry", ENTRY_POINTS)
+def test_a_negative_thread_count_is_refused_before_any_stage(name, entry, monkeypatch, capsys):
     monkeypatch.setattr("cfattr_monai.demo.run_demo", lambda *a: pytest.fail("the demo must not start"))
     with pytest.raises(SystemExit):
-        main(["--threads", "-1"])
+        entry(["--threads", "-1"])
     assert "--threads must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,entry", ENTRY_POINTS)
+def test_both_demo_entry_points_pin_the_threads_and_run_the_demo(name, entry, monkeypatch, tmp_path):
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(variable, raising=False)
+    calls = []
+    monkeypatch.setattr("cfattr_monai.demo.run_demo", lambda out, fresh: calls.append((out, fresh)))
+    entry(["--out", str(tmp_path), "--fresh"])
+    assert calls == [(tmp_path.resolve(), True)]
+    assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "2"
 
 
 def test_the_demo_inference_starts_a_new_table_each_run():
