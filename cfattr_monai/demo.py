@@ -31,11 +31,11 @@ from cfattr_monai.pipeline import BUNDLES_DIR, Step, pipeline_steps, run_step
 REPO_ROOT = BUNDLES_DIR.parent
 DEMO_DATALIST = REPO_ROOT / "data" / "phantoms" / "mammo_128" / "datalist.json"
 DEMO_PHANTOMS = {"kind": "mammo", "n": 600, "size": 128, "seed": 0}
-#: small CPU benchmark of the demo networks (random weights: it measures speed, not quality)
 #: the attributor on the test split; a new table each run, as the bundles may have been retrained since (FRESH=1)
 INFERENCE = Step("attributor/inference", "attributor", ("configs/inference.json",), overrides={"overwrite": "True"})
 #: CPU threads of every stage: the documented demo figures were made with 2 (the project machine's cores)
 DEMO_THREADS = 2
+#: small CPU benchmark of the demo networks (random weights: it measures speed, not quality)
 BENCHMARK_ARGS = ("--backbone", "mobilenet_v1", "--size", "128", "128", "--batch", "8", "--width-mult", "0.5",
                   "--inpainter-levels", "5", "--iterative-images", "1", "--repeats", "2")
 

@@ -26,6 +26,12 @@ from cfattr_monai.networks.inpainter import composite
 __all__ = ["BlurMarginalizer", "InpaintMarginalizer", "Marginalizer", "MeanMarginalizer", "NoiseMarginalizer", "get_marginalizer"]
 
 
+def _weighted_mean(image: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-image mean of ``image`` over the pixels where ``weight`` is 1, shape ``(B, 1, 1, 1)`` (0 when none)."""
+    dims = tuple(range(1, image.ndim))
+    return (weight * image).sum(dims, keepdim=True) / weight.sum(dims, keepdim=True).clamp(min=1.0)
+
+
 class Marginalizer:
     """Base class: ``π(M) = (1 − M) ⊙ I + M ⊙ F(I, M > threshold)``; subclasses implement :meth:`fill`.
 
@@ -116,10 +122,8 @@ class BlurMarginalizer(Marginalizer):
             return blur(image)
         valid = (1 - hole).expand_as(image)
         weight = blur(valid)
-        dims = tuple(range(1, image.ndim))
-        mean = (valid * image).sum(dims, keepdim=True) / valid.sum(dims, keepdim=True).clamp(min=1.0)
         seen = weight > 1e-6
-        return torch.where(seen, blur(valid * image) / torch.where(seen, weight, 1.0), mean)
+        return torch.where(seen, blur(valid * image) / torch.where(seen, weight, 1.0), _weighted_mean(image, valid))
 
 
 class NoiseMarginalizer(Marginalizer):
@@ -163,9 +167,7 @@ class MeanMarginalizer(Marginalizer):
         weight = (1 - hole).expand_as(image)
         if self.region == "organ":
             weight = weight * (image > self.background).to(image.dtype)
-        dims = tuple(range(1, image.ndim))
-        mean = (weight * image).sum(dims, keepdim=True) / weight.sum(dims, keepdim=True).clamp(min=1.0)
-        return mean.expand_as(image)
+        return _weighted_mean(image, weight).expand_as(image)
 
 
 _MARGINALIZERS = {"inpaint": InpaintMarginalizer, "blur": BlurMarginalizer, "noise": NoiseMarginalizer, "mean": MeanMarginalizer}
