@@ -84,12 +84,14 @@ def test_report_with_every_part(fragment, tmp_path):
         timing=[timing, tmp_path / "missing.json"],
         acceptance={"images": 120, "lesion_images": 60, "flagged_lesion_images": 49, "threshold": 0.307,
                     "flipped": 0.816, "twin_flipped": 0.776, "delta": 0.088, "mean_area_flagged": 0.062,
-                    "randomization_spearman": {"attributor": 0.241, "classifier": -0.047}},
+                    "randomization_spearman": {"attributor": 0.241, "classifier": -0.047},
+                    "randomization_spearman_between_draws": 0.004},
     )
     text = report.read_text()
     assert "| flagged lesion images (p(c\\|I) ≥ θ = 0.307) | 49 of 60 | – |" in text
     assert "| flipped: p(c\\|π(M̂)) ≤ θ | 0.816 | ≥ 0.80 |" in text and "below θ | 0.776 | – |" in text
     assert "(δ = 0.088) | 0.062 | ≤ δ |" in text and "| 0.24 / -0.05 | < 0.2 |" in text
+    assert "between two re-initialized attributors | 0.00 | – |" in text
     assert "| binary map M̂ overlaps the lesion | – | ≥ 0.70 |" in text  # absent figures print a dash
     assert "flip rate): 0.900" in text and "✓" in text
     assert "fig3_attribution_grid.png" in text and (report.parent / "fig3_attribution_grid.png").stat().st_size > 0

@@ -120,7 +120,29 @@ def test_randomization_check_on_a_small_trained_attributor():
     draws = result["attributor"]["spearman_draws"]
     assert len(draws) == 3 and len(set(draws)) == 3  # three different re-initializations
     assert result["attributor"]["spearman"] == pytest.approx(sum(draws) / 3)
+    assert -1.0 <= result["attributor"]["spearman_between_draws"] <= 1.0
     assert len(result["cascading"]) == 2 and result["classifier"] == {
         k: result["cascading"][-1][k] for k in ("spearman", "ssim", "spearman_region")
     }
     assert all(-1.0 <= r["spearman_region"] <= 1.0 for r in (result["attributor"], *result["cascading"]))
+
+
+class _FixedMapAttributor(torch.nn.Module):
+    """Stub whose re-initialization changes nothing: every draw gives the trained map again."""
+
+    def __init__(self):
+        super().__init__()
+        self.classifier = torch.nn.Conv2d(1, 1, 1)  # what the cascading randomization re-initializes
+
+    def forward(self, images):
+        return images.mean(dim=1, keepdim=True)
+
+    def reset_parameters(self):
+        pass
+
+
+@pytest.mark.parametrize("draws,between", [(1, None), (2, 1.0), (4, 1.0)])
+def test_between_draws_reference_level(draws, between):
+    torch.manual_seed(0)
+    result = randomization_check(_FixedMapAttributor(), torch.rand(2, 1, 32, 32), steps=1, draws=draws)
+    assert result["attributor"].get("spearman_between_draws") == (between and pytest.approx(between))

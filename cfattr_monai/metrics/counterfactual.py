@@ -120,6 +120,7 @@ def acceptance_summary(
         summary["randomization_spearman_organ"] = {k: check[k]["spearman_region"] for k in ("attributor", "classifier")}
         summary["randomization_ssim"] = {k: check[k]["ssim"] for k in ("attributor", "classifier")}
         summary["randomization_spearman_attributor_draws"] = check["attributor"]["spearman_draws"]
+        summary["randomization_spearman_between_draws"] = check["attributor"]["spearman_between_draws"]
     return summary
 
 

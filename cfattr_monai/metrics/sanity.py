@@ -6,7 +6,7 @@ randomizations of the attributor of :mod:`cfattr_monai.networks.attribution`:
 * **attributor re-initialization**: the attribution network's trainable weights are drawn again from their
   random-normal initialization (the classifier is kept), ``draws`` times with seeds 0, 1, …; the similarity is the
   mean over the draws (one draw is a noisy estimate, see the attributor bundle's README), and the per-draw values
-  are reported beside it;
+  are reported beside it, with the mean ρ between consecutive draws as a reference level;
 * **cascading classifier randomization**: the explained classifier's layers are re-initialized one after the other,
   from the output layer down to the first convolution (cumulatively), while the attribution network keeps its
   trained weights; the maps are compared after each step.
@@ -125,10 +125,12 @@ def randomization_check(
             ``spearman_region``, ρ over the pixels inside the region only.
 
     Returns:
-        ``{"attributor": {"spearman", "ssim", "spearman_draws"}, "cascading": [{"layer", "spearman", "ssim"}, …],
-        "classifier": {"spearman", "ssim"}}`` where ``attributor`` holds the means over the draws (and ρ per draw)
-        and ``classifier`` the fully randomized classifier (last step), each with ``spearman_region`` when a
-        ``region`` is given. Lower is better.
+        ``{"attributor": {"spearman", "ssim", "spearman_draws", "spearman_between_draws"}, "cascading": [{"layer",
+        "spearman", "ssim"}, …], "classifier": {"spearman", "ssim"}}`` where ``attributor`` holds the means over the
+        draws (and ρ per draw) and ``classifier`` the fully randomized classifier (last step), each with
+        ``spearman_region`` when a ``region`` is given. Lower is better. ``spearman_between_draws`` (only for
+        ``draws`` > 1) is the mean ρ between consecutive re-initializations: the level that untrained attributors
+        reach with each other, against which the trained maps' ρ can be read.
 
     Example:
         >>> from cfattr_monai.networks.attribution import AttentionGatedUNet
@@ -148,9 +150,14 @@ def randomization_check(
 
     if draws < 1:
         raise ValueError(f"randomization_check: draws must be >= 1, got {draws}.")
-    per_draw = [compare(reinitialized_attributor(attributor, seed + i).eval()(images)) for i in range(draws)]
+    draw_maps = [reinitialized_attributor(attributor, seed + i).eval()(images) for i in range(draws)]
+    per_draw = [compare(maps) for maps in draw_maps]
     result = {"attributor": {key: float(np.mean([d[key] for d in per_draw])) for key in per_draw[0]}}
     result["attributor"]["spearman_draws"] = [d["spearman"] for d in per_draw]
+    if draws > 1:  # the reference level: how much two untrained attributors agree with each other
+        result["attributor"]["spearman_between_draws"] = float(
+            np.mean([spearman_similarity(a, b) for a, b in zip(draw_maps, draw_maps[1:])])
+        )
     result["cascading"] = [
         {"layer": layer, **compare(randomized.eval()(images))}
         for layer, randomized in cascading_randomized_attributors(attributor, steps, seed)

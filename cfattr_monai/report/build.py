@@ -101,6 +101,8 @@ def _counterfactual_section(acceptance: Mapping | None) -> list[str]:
         ("Spearman ρ vs re-initialized attributor / randomized classifier, whole image",
          pair("randomization_spearman"), "< 0.2"),
         ("the same inside the organ", pair("randomization_spearman_organ"), "–"),
+        ("reference: Spearman ρ between two re-initialized attributors", value("randomization_spearman_between_draws", 2),
+         "–"),
     ]
     return lines + [
         f"Split `{acceptance.get('split', 'test')}`, {acceptance.get('images')} images. The healthy twin bounds what removing the lesions can "
