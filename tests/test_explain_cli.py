@@ -261,6 +261,9 @@ def test_a_crash_leaves_a_consistent_folder_and_a_rerun_resumes(tmp_path):
     with pytest.raises(FileExistsError, match="--resume.*--overwrite"):  # neither flag: the earlier table is kept
         explain_images(ThresholdExplainer(), [tmp_path], out, (COLS, ROWS), progress=False)
     assert (out / "explanations.csv").read_bytes() == table
+    with pytest.raises(ValueError, match="contradict"):  # both flags: refused before anything is touched
+        explain_images(ThresholdExplainer(), [tmp_path], out, (COLS, ROWS), progress=False, resume=True, overwrite=True)
+    assert (out / "explanations.csv").read_bytes() == table
     summary = explain_images(ThresholdExplainer(), [tmp_path], out, (COLS, ROWS), progress=False, overwrite=True)
     assert (summary["explained"], summary["already_done"], len(_rows(out))) == (4, 0, 4)  # a new table (out ⊂ input)
     _assert_consistent(out)

@@ -209,11 +209,17 @@ def explain_images(
 
     Raises:
         FileNotFoundError: an input does not exist, or the inputs hold no image file.
-        ValueError: ``image_size`` is not two sizes of at least 32 px, or ``out_dir`` is a file.
+        ValueError: ``image_size`` is not two sizes of at least 32 px, ``out_dir`` is a file, or both ``resume`` and
+            ``overwrite`` are set.
         FileExistsError: ``out_dir`` holds an ``explanations.csv`` and neither ``resume`` nor ``overwrite`` is set.
         ImageInputError, DicomInputError: an unreadable image (unless ``skip_bad``); an earlier
             ``explanations.csv`` in ``out_dir`` is replaced only once this run's first explanation is written.
     """
+    if resume and overwrite:
+        raise ValueError(
+            "resume (keep the earlier explanations.csv and add to it) and overwrite (start a new one) contradict each "
+            "other; pass one of them."
+        )
     image_size = tuple(int(s) for s in image_size)
     if len(image_size) != 2 or min(image_size) < MIN_IMAGE_SIZE:
         raise ValueError(
