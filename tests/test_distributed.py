@@ -138,7 +138,8 @@ def _iterations_per_rank(n_items: int, batch_size: int, world_size: int = 2) -> 
     [
         (
             "inpainter",
-            {"phase1_epochs": 1, "phase2_epochs": 0, "val_interval": 1, **TINY_INPAINTER},
+            # phase 2 freezes the contraction path's BN: DDP must accept parameters without gradient
+            {"phase1_epochs": 1, "phase2_epochs": 1, "val_interval": 1, **TINY_INPAINTER},
             lambda items: sum(d["label"] == 0 for d in items),  # trains on healthy images only
         ),
         ("attributor", {"num_epochs": 1, "delta": 0.2, "log_dir": "{work}/runs"}, len),
