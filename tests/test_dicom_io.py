@@ -137,6 +137,11 @@ def _without_pixels(path):
     write_dicom(path, PixelData=None)
 
 
+def _header_only(path):  # a copy cut off inside the header: pydicom reads it without an error
+    write_dicom(path)
+    path.write_bytes(path.read_bytes()[:200])
+
+
 def _structured_report(path):
     write_dicom(path, SOPClassUID=BASIC_TEXT_SR, PixelData=None)
 
@@ -161,7 +166,8 @@ def _not_dicom(path):
 
 BAD_DICOM_CASES = [  # (writer, expected message)
     (_truncated, r"cannot decode the pixel data.*truncated"),
-    (_without_pixels, r"without pixel data \(Digital Mammography"),
+    (_without_pixels, r"without pixel data \(Digital Mammography.*truncated or incomplete"),
+    (_header_only, r"without pixel data \(unknown SOP class, \d+ elements read\); the file is truncated"),
     (_structured_report, r"without pixel data \(Basic Text SR Storage\)"),
     (_multi_frame, r"multi-frame DICOM with 2 frames"),
     (_palette, r"PALETTE COLOR image"),

@@ -427,3 +427,18 @@ def test_a_run_that_fails_before_its_first_explanation_keeps_the_earlier_table(t
         explain_images(ThresholdExplainer(), [tmp_path / "bad"], out, (COLS, ROWS), progress=False, overwrite=True)
     assert (out / "explanations.csv").read_text() == earlier
     _assert_consistent(out)
+
+
+@pytest.mark.parametrize("options, message", [
+    ([], "holds the table of an earlier run; pass --resume"),
+    (["--resume", "--overwrite"], "contradict each other"),
+])
+def test_cli_explain_into_an_earlier_table_is_a_user_error(tmp_path, fake_bundle, capsys, monkeypatch, options, message):
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(IMAGE).save(tmp_path / "a.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "explanations.csv").write_text("earlier table\n")
+    assert main(["explain", "--bundle", str(fake_bundle), "a.png", "--out", "out", "--no-progress", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cfattr explain: error:") and message in err and "Traceback" not in err
+    assert (tmp_path / "out" / "explanations.csv").read_text() == "earlier table\n"
