@@ -147,18 +147,19 @@ def check_classifier_fingerprint(
         )
     expected = _read_fingerprint_file(path)["sha256"]
     found = fingerprint(classifier)
-    if found != expected and stored_in is not None:
+    if found == expected:
+        return
+    if stored_in is not None:
         raise ValueError(
             f"the classifier weights stored in {stored_in} (sha256 {found[:12]}…) differ from those recorded in "
             f"{path} ({expected[:12]}…): the checkpoint and the fingerprint come from different trainings; copy both "
             "files from the same training run, or retrain the attributor."
         )
-    if found != expected:
-        raise ValueError(
-            f"the classifier's weights (sha256 {found[:12]}…) differ from those the attributor was trained with "
-            f"({expected[:12]}…, {path}); retrain the attributor for this classifier or point `classifier_bundle` "
-            "at the classifier it was trained with."
-        )
+    raise ValueError(
+        f"the classifier's weights (sha256 {found[:12]}…) differ from those the attributor was trained with "
+        f"({expected[:12]}…, {path}); retrain the attributor for this classifier or point `classifier_bundle` "
+        "at the classifier it was trained with."
+    )
 
 
 def load_attributor_weights(

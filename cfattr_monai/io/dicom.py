@@ -77,13 +77,13 @@ def display_pixels(ds: Dataset, filename: str | os.PathLike) -> np.ndarray:
         DicomInputError: no pixel data (e.g. a structured report), several frames, or undecodable pixel data.
     """
     sop_class = getattr(ds.get("SOPClassUID"), "name", "unknown SOP class")
-    if not any(k in ds for k in PIXEL_DATA_KEYWORDS) and ("Image Storage" in sop_class or "SOPClassUID" not in ds):
-        # an image object (or one whose header ends before its SOP class) that lost its pixels: a cut-off file
-        raise DicomInputError(
-            f"{filename}: DICOM data set without pixel data ({sop_class}, {len(ds)} elements read); the file is "
-            "truncated or incomplete. Copy or export the image again."
-        )
     if not any(k in ds for k in PIXEL_DATA_KEYWORDS):
+        if "Image Storage" in sop_class or "SOPClassUID" not in ds:
+            # an image object (or one whose header ends before its SOP class) that lost its pixels: a cut-off file
+            raise DicomInputError(
+                f"{filename}: DICOM data set without pixel data ({sop_class}, {len(ds)} elements read); the file is "
+                "truncated or incomplete. Copy or export the image again."
+            )
         raise DicomInputError(
             f"{filename}: DICOM object without pixel data ({sop_class}); expected an image such as a mammogram (MG) "
             "or a radiograph (CR/DX). Remove non-image objects (reports, presentation states) from the input."
