@@ -150,8 +150,13 @@ def test_mean_lesion_fraction(tmp_path):
     with pytest.raises(FileNotFoundError):
         mean_lesion_fraction(tmp_path / "missing.json")
     (tmp_path / "healthy.json").write_text(json.dumps({"training": items[2:]}))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no pathological item"):
         mean_lesion_fraction(tmp_path / "healthy.json")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "l" / "empty.png")
+    empty = [{"image": "l/a.png", "label": 1, "lesion": "l/empty.png"}]
+    (tmp_path / "empty.json").write_text(json.dumps({"training": empty}))
+    with pytest.raises(ValueError, match="all empty.*--delta"):
+        mean_lesion_fraction(tmp_path / "empty.json")
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,8 @@ def mean_lesion_fraction(datalist: str | Path, key: str = "training", lesion_key
 
     Raises:
         FileNotFoundError: the datalist is missing.
-        ValueError: no item of ``key`` has a lesion mask.
+        ValueError: no pathological item of ``key`` has a lesion mask, or all its lesion masks are empty (δ would
+            be 0 and drive every map empty).
     """
     from monai.data import load_decathlon_datalist
     from monai.transforms import LoadImage
@@ -182,6 +183,12 @@ def mean_lesion_fraction(datalist: str | Path, key: str = "training", lesion_key
         raise ValueError(
             f"mean_lesion_fraction: no pathological item with a `{lesion_key}` mask under `{key}` in {path}; "
             "give δ explicitly instead."
+        )
+    if max(fractions) == 0.0:
+        raise ValueError(
+            f"mean_lesion_fraction: the {len(fractions)} `{lesion_key}` masks of the pathological items under `{key}` "
+            f"in {path} are all empty, so δ would be 0 and every map would be driven empty; give δ explicitly "
+            "instead (e.g. --delta 0.06, as configs/task_cxr.json does for data sets without lesion masks)."
         )
     return float(np.mean(fractions))
 
