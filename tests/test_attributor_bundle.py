@@ -132,16 +132,19 @@ def test_train_then_inference_end_to_end(workspace, tmp_path, capsys):
     run(config_file=str(bundle / "configs" / "inference.json"), data_list_key="test", overwrite=True, **overrides)
     assert len(list(csv.DictReader((bundle / "eval" / "explanations" / "explanations.csv").open()))) == 2
 
-    # the acceptance figures use the θ the attributor was trained for, and the healthy twins of the phantoms
+    # the acceptance figures use the θ and δ the attributor was trained for, and the healthy twins of the phantoms
     (bundle / "configs" / "workspace.json").write_text(json.dumps(_overrides(workspace, bundle)))
     fingerprint = bundle / "models" / "classifier_fingerprint.json"
     recorded = json.loads(fingerprint.read_text())
-    fingerprint.write_text(json.dumps({**recorded, "classification_threshold": 0.123}))  # ≠ the config's Youden point
+    assert 0 < recorded["delta"] <= 1  # training records its δ
+    # ≠ the config's Youden point and δ
+    fingerprint.write_text(json.dumps({**recorded, "classification_threshold": 0.123, "delta": 0.0456}))
     capsys.readouterr()
     acceptance_main([str(bundle), "--overlays", "configs/workspace.json", "--device", "cpu"])
     printed = capsys.readouterr().out  # after the bundle runs' logging.conf, MONAI's warnings also go to stdout
     summary = json.loads(printed[printed.index("{\n"):])
     assert summary["threshold"] == read_classification_threshold(bundle / "models") == 0.123
+    assert summary["delta"] == 0.0456
     assert summary["images"] == 2 and "twin_flipped" in summary
     fingerprint.write_text(json.dumps(recorded))
 

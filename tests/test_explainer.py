@@ -162,13 +162,19 @@ def test_acceptance_summary_twin_reference(tmp_path, level, phantoms_json, expec
         assert summary.get("flipped_where_twin_flips") is None
 
 
-@pytest.mark.parametrize("theta,expected", [(0.93, 0.93), (None, 0.5)])
-def test_fingerprint_records_the_operating_threshold(tmp_path, theta, expected):
-    from cfattr_monai.explain.counterfactual import read_classification_threshold, write_classifier_fingerprint
+@pytest.mark.parametrize("theta,expected,delta", [(0.93, 0.93, 0.06), (None, 0.5, None)])
+def test_fingerprint_records_the_operating_threshold_and_delta(tmp_path, theta, expected, delta):
+    from cfattr_monai.explain.counterfactual import (
+        read_classification_threshold,
+        read_recorded,
+        write_classifier_fingerprint,
+    )
 
-    write_classifier_fingerprint(torch.nn.Linear(2, 1), tmp_path, theta)
+    write_classifier_fingerprint(torch.nn.Linear(2, 1), tmp_path, theta, delta)
     assert read_classification_threshold(tmp_path) == pytest.approx(expected)
     assert read_classification_threshold(tmp_path / "absent") == 0.5
+    assert read_recorded(tmp_path, "delta") == delta
+    assert read_recorded(tmp_path / "absent", "delta", 0.1) == 0.1
 
 
 class _BrightIsPathological(torch.nn.Module):

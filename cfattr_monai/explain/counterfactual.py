@@ -24,6 +24,7 @@ from cfattr_monai.networks.classifier_output import pathology_probability
 __all__ = [
     "CounterfactualExplainer",
     "write_classifier_fingerprint",
+    "read_recorded",
     "check_classifier_fingerprint",
     "load_attributor_weights",
     "load_explainer",
@@ -87,17 +88,25 @@ class CounterfactualExplainer(nn.Module):
 
 
 def write_classifier_fingerprint(
-    classifier: nn.Module, ckpt_dir: str | Path, classification_threshold: float | None = None
+    classifier: nn.Module,
+    ckpt_dir: str | Path,
+    classification_threshold: float | None = None,
+    delta: float | None = None,
 ) -> Path:
     """Write ``ckpt_dir/classifier_fingerprint.json`` (through a temporary file) and return its path.
 
     The file also records the classification threshold θ the attributor is trained for (the classifier's operating
-    point), so that evaluation and inference count "flagged" and "flipped" at the same θ.
+    point), so that evaluation and inference count "flagged" and "flipped" at the same θ, and the area limit δ it was
+    trained with, so that its acceptance figures report d(M̂) against that δ (:func:`read_recorded`).
     """
     path = Path(ckpt_dir) / FINGERPRINT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    record = {"sha256": fingerprint(classifier), "classification_threshold": classification_threshold}
+    record = {
+        "sha256": fingerprint(classifier),
+        "classification_threshold": classification_threshold,
+        "delta": None if delta is None else float(delta),
+    }
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, path)
     return path
@@ -111,17 +120,23 @@ def _read_fingerprint_file(path: Path) -> dict:
             raise ValueError("no 'sha256' string")
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
         raise ValueError(
-            f"{path} is not the JSON {{\"sha256\": …, \"classification_threshold\": …}} that attributor training "
-            f"writes ({err}); retrain the attributor, or copy the file from the bundle that trained models/model.pt."
+            f"{path} is not the JSON {{\"sha256\": …, \"classification_threshold\": …, \"delta\": …}} that attributor "
+            f"training writes ({err}); retrain the attributor, or copy the file from the bundle that trained models/model.pt."
         ) from None
     return record
 
 
+def read_recorded(ckpt_dir: str | Path, key: str, default: float | None = None) -> float | None:
+    """The value of ``key`` (``"classification_threshold"`` θ, ``"delta"`` δ) that
+    :func:`write_classifier_fingerprint` recorded in ``ckpt_dir``, or ``default`` when none was recorded."""
+    path = Path(ckpt_dir) / FINGERPRINT_FILE
+    value = _read_fingerprint_file(path).get(key) if path.is_file() else None
+    return default if value is None else float(value)
+
+
 def read_classification_threshold(ckpt_dir: str | Path, default: float | None = 0.5) -> float | None:
     """θ recorded by :func:`write_classifier_fingerprint` in ``ckpt_dir``, or ``default`` when none was recorded."""
-    path = Path(ckpt_dir) / FINGERPRINT_FILE
-    value = _read_fingerprint_file(path).get("classification_threshold") if path.is_file() else None
-    return default if value is None else float(value)
+    return read_recorded(ckpt_dir, "classification_threshold", default)
 
 
 def check_classifier_fingerprint(

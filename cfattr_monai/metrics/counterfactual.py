@@ -127,7 +127,7 @@ def acceptance_summary(
 def main(argv: Sequence[str] | None = None) -> None:
     from monai.bundle import ConfigParser
 
-    from cfattr_monai.explain.counterfactual import load_explainer, read_classification_threshold
+    from cfattr_monai.explain.counterfactual import load_explainer, read_classification_threshold, read_recorded
 
     parser = argparse.ArgumentParser(description="Acceptance figures of a trained attributor bundle (JSON).")
     parser.add_argument("bundle", type=Path, help="attributor bundle folder")
@@ -143,15 +143,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     explainer = load_explainer(args.bundle, args.overlays, checkpoint=args.checkpoint, device=args.device)
     # θ the attributor was trained for (recorded beside its weights); the config's Youden point only when none is
     # recorded — with a data overlay the config would recompute θ on that data set's validation split
-    threshold = read_classification_threshold((args.bundle / args.checkpoint).parent, default=None)
+    ckpt_dir = (args.bundle / args.checkpoint).parent
+    threshold = read_classification_threshold(ckpt_dir, default=None)
     if threshold is None:
         threshold = float(config.get_parsed_content("classification_threshold"))
+    # likewise δ: the one training used (e.g. a --delta given on its command line), else the config's
+    delta = read_recorded(ckpt_dir, "delta")
+    if delta is None:
+        delta = float(config.get_parsed_content("delta"))
     summary = acceptance_summary(
         explainer,
         config.get_parsed_content("datalist"),
         args.split,
         config.get_parsed_content("image_size"),
-        delta=float(config.get_parsed_content("delta")),
+        delta=delta,
         threshold=threshold,
         device=args.device,
     )
