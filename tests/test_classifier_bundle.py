@@ -23,7 +23,7 @@ from cfattr_monai.networks.mobilenet import MobileNetV1
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "classifier"
 SCHEMA = BUNDLE.parents[2] / "shared" / "monai" / "meta_schema_20240725.json"
-TASKS = ["task_mammo.json", "task_cxr.json"]
+TASKS = ["task_mammo.json", "task_cxr.json", "task_phantom_chest.json"]
 TINY = {"phantoms": {"kind": "mammo", "n": 20, "size": 64, "seed": 0}, "image_size": [64, 64], "batch_size": 4}
 
 
@@ -78,17 +78,19 @@ def test_task_overlays_replace_known_top_level_keys(task):
 
 
 @pytest.mark.parametrize(
-    "overlays,config,expected_class,input_size",
+    "overlays,config,expected_class,input_size,width",
     [
-        ([], "train.json", MobileNetV1, (128, 128)),
-        ([], "inference.json", MobileNetV1, (128, 128)),
-        (["task_mammo.json"], "train.json", MobileNetV1, (448, 576)),
-        (["task_mammo.json"], "inference.json", MobileNetV1, (448, 576)),
-        (["task_cxr.json"], "train.json", DenseNet121, (256, 256)),
-        (["task_cxr.json"], "inference.json", DenseNet121, (256, 256)),
+        ([], "train.json", MobileNetV1, (128, 128), 0.5),
+        ([], "inference.json", MobileNetV1, (128, 128), 0.5),
+        (["task_mammo.json"], "train.json", MobileNetV1, (448, 576), 1.0),
+        (["task_mammo.json"], "inference.json", MobileNetV1, (448, 576), 1.0),
+        (["task_cxr.json"], "train.json", DenseNet121, (256, 256), None),
+        (["task_cxr.json"], "inference.json", DenseNet121, (256, 256), None),
+        (["task_phantom_chest.json"], "train.json", MobileNetV1, (128, 128), 0.5),
+        (["task_phantom_chest.json"], "inference.json", MobileNetV1, (128, 128), 0.5),
     ],
 )
-def test_configured_network(overlays, config, expected_class, input_size):
+def test_configured_network(overlays, config, expected_class, input_size, width):
     parser = ConfigParser()
     parser.read_config(_configs(config, *overlays))
     assert tuple(parser["image_size"]) == input_size
@@ -96,7 +98,7 @@ def test_configured_network(overlays, config, expected_class, input_size):
     assert type(net) is expected_class
     assert ClassifierEncoder(net).strides == (4, 8, 16, 32)
     if expected_class is MobileNetV1:
-        assert net.width_mult == (1.0 if overlays else 0.5)
+        assert net.width_mult == width
 
 
 @pytest.fixture(scope="module")
