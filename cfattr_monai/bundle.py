@@ -15,7 +15,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
-__all__ = ["fingerprint", "load_network", "load_weights", "read_state_dict", "shutdown_distributed"]
+__all__ = ["bundle_checkpoint", "fingerprint", "load_network", "load_weights", "read_state_dict", "shutdown_distributed"]
 
 _SHOWN_KEYS = 5
 
@@ -45,10 +45,24 @@ def read_bundle_config(bundle_dir: str | Path, overlays: Sequence[str | Path] = 
     return parser
 
 
+def bundle_checkpoint(
+    bundle_dir: str | Path, overlays: Sequence[str | Path] = (), checkpoint: str | Path | None = None
+) -> Path:
+    """The trained weights of a bundle: ``bundle_dir / checkpoint`` when given, else ``model.pt`` in the ``ckpt_dir``
+    of its ``configs/inference.json`` merged with ``overlays`` (so an overlay that trains into another folder, e.g.
+    ``models_chest/``, is loaded from there), else ``models/model.pt``."""
+    if checkpoint is not None:
+        return Path(bundle_dir) / checkpoint
+    parser = read_bundle_config(bundle_dir, overlays, caller="bundle_checkpoint")
+    if "ckpt_dir" not in parser:
+        return Path(bundle_dir) / "models" / "model.pt"
+    return Path(parser.get_parsed_content("ckpt_dir")) / "model.pt"
+
+
 def load_network(
     bundle_dir: str | Path,
     overlays: Sequence[str | Path] = (),
-    checkpoint: str | Path = "models/model.pt",
+    checkpoint: str | Path | None = None,
     network_key: str = "network_def",
     device: str | torch.device = "cpu",
 ) -> nn.Module:
@@ -58,7 +72,8 @@ def load_network(
         bundle_dir: the bundle folder (holding ``configs/inference.json``).
         overlays: further config files merged over ``configs/inference.json`` in order, relative to ``bundle_dir``
             (or absolute), e.g. ``["configs/task_cxr.json"]``.
-        checkpoint: state dict file, relative to ``bundle_dir`` (or absolute), loaded with ``weights_only=True``.
+        checkpoint: state dict file, relative to ``bundle_dir`` (or absolute), loaded with ``weights_only=True``;
+            None: :func:`bundle_checkpoint` (``model.pt`` in the merged config's ``ckpt_dir``).
         network_key: config key of the network definition.
         device: device the network is moved to.
 
@@ -82,7 +97,7 @@ def load_network(
         raise KeyError(f"load_network: key {network_key!r} not found in {', '.join(map(str, config_files))}.")
     network: nn.Module = parser.get_parsed_content(network_key, instantiate=True)
 
-    load_weights(network, bundle_dir / checkpoint, config_files)
+    load_weights(network, bundle_checkpoint(bundle_dir, overlays, checkpoint), config_files)
     network.to(device).eval()
     network.requires_grad_(False)
     return network

@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.networks.nets import DenseNet121
 
-from cfattr_monai.bundle import fingerprint, load_network
+from cfattr_monai.bundle import bundle_checkpoint, fingerprint, load_network
 from cfattr_monai.networks.mobilenet import MobileNetV1
 
 CLASSIFIER_CONFIGS = "bundles/classifier/configs"
@@ -39,6 +39,24 @@ def test_task_overlay_selects_the_paper_network(bundle):
     torch.save(DenseNet121(spatial_dims=2, in_channels=1, out_channels=1).state_dict(), bundle_dir / "cxr.pt")
     net = load_network(bundle_dir, overlays=["configs/task_cxr.json"], checkpoint="cxr.pt")
     assert isinstance(net, DenseNet121)
+
+
+def test_an_overlay_ckpt_dir_is_where_the_weights_are_loaded_from(bundle):
+    """A task overlay that trains into another folder (e.g. task_phantom_chest.json → models_chest/) is loaded from
+    there, not from the demo's models/model.pt."""
+    bundle_dir, demo = bundle
+    (bundle_dir / "models_chest").mkdir()
+    torch.manual_seed(1)
+    chest = MobileNetV1(width_mult=0.5, dropout_prob=0.2)
+    torch.save(chest.state_dict(), bundle_dir / "models_chest" / "model.pt")
+    overlay = ["configs/task_phantom_chest.json"]
+    assert bundle_checkpoint(bundle_dir, overlay) == bundle_dir / "models_chest" / "model.pt"
+    assert fingerprint(load_network(bundle_dir, overlays=overlay)) == fingerprint(chest)
+    assert fingerprint(load_network(bundle_dir)) == fingerprint(demo)
+    assert fingerprint(load_network(bundle_dir, overlays=overlay, checkpoint="models/model.pt")) == fingerprint(demo)
+    (bundle_dir / "models_chest" / "model.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="models_chest"):
+        load_network(bundle_dir, overlays=overlay)
 
 
 ERROR_CASES = [

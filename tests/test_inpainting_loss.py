@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -92,8 +94,14 @@ def test_local_weights_are_loaded_and_missing_weights_are_a_clear_error(tmp_path
         frozen_feature_extractor(nn.Conv2d(1, 2, 3), tmp_path / "missing.pt")
 
 
-def test_missing_classifier_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train it first"):
+@pytest.mark.parametrize(
+    "with_configs,fragment",
+    [(True, r"models/model\.pt does not exist; train it first"), (False, r"configs/inference\.json not found")],
+)
+def test_missing_classifier_checkpoint_is_a_clear_error(tmp_path, repo_root, with_configs, fragment):
+    if with_configs:
+        shutil.copytree(repo_root / "bundles" / "classifier" / "configs", tmp_path / "classifier" / "configs")
+    with pytest.raises(FileNotFoundError, match=fragment):
         classifier_feature_extractor(tmp_path / "classifier")
 
 

@@ -104,7 +104,7 @@ def frozen_feature_extractor(network: nn.Module, weights_path: str | Path | None
 def classifier_feature_extractor(
     classifier_bundle: str | Path,
     overlays: Sequence[str] = (),
-    checkpoint: str = "models/model.pt",
+    checkpoint: str | None = None,
     device: str | torch.device = "cpu",
 ) -> nn.Module:
     """The frozen trained classifier's :class:`ClassifierEncoder` (four scales), the default Ψ of :class:`PCILoss`.
@@ -112,16 +112,17 @@ def classifier_feature_extractor(
     Raises:
         FileNotFoundError: the classifier bundle has no trained checkpoint yet.
     """
-    from cfattr_monai.bundle import load_network
+    from cfattr_monai.bundle import bundle_checkpoint, load_network
     from cfattr_monai.networks.encoders import ClassifierEncoder
 
-    checkpoint_path = Path(classifier_bundle) / checkpoint
+    checkpoint_path = bundle_checkpoint(classifier_bundle, overlays, checkpoint)
     if not checkpoint_path.is_file():
         raise FileNotFoundError(
             f"PCILoss: the perceptual/style loss needs the trained classifier, but {checkpoint_path} does not exist; "
             f"train it first (cd {classifier_bundle} && python -m monai.bundle run --config_file configs/train.json)."
         )
-    return frozen_feature_extractor(ClassifierEncoder(load_network(classifier_bundle, overlays, checkpoint, device=device)))
+    classifier = load_network(classifier_bundle, overlays, checkpoint_path.resolve(), device=device)
+    return frozen_feature_extractor(ClassifierEncoder(classifier))
 
 
 class PCILoss(nn.Module):
