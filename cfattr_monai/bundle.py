@@ -2,7 +2,8 @@
 
 The attributor bundle explains the classifier bundle's network and marginalizes with the inpainter bundle's
 network; it gets both through :func:`load_network` instead of copying their configs, so a task overlay (e.g.
-``configs/task_cxr.json``) changes the architecture in exactly one place.
+``configs/task_cxr.json``) changes the architecture, and the folder the trained weights are read from
+(``ckpt_dir``), in exactly one place.
 """
 
 from __future__ import annotations
