@@ -79,11 +79,14 @@ def test_config_names_the_shared_keys(config):
         assert key in parser, f"{config} lacks `{key}`"
 
 
-@pytest.mark.parametrize("overlay", ["configs/task_mammo.json", "configs/task_cxr.json"])
+@pytest.mark.parametrize("overlay", ["configs/task_mammo.json", "configs/task_cxr.json", "configs/task_phantom_chest.json"])
 def test_task_overlays_parse(overlay):
     parser = ConfigParser()
     parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / overlay)])
     assert len(parser.get_parsed_content("image_size")) == 2
+    for bundle in ("classifier", "inpainter"):  # the overlays named for the other bundles exist there
+        for other in parser.get_parsed_content(f"{bundle}_overlays"):
+            assert (BUNDLE.parent / bundle / other).is_file(), (bundle, other)
 
 
 @pytest.mark.slow

@@ -100,16 +100,21 @@ def test_paper_loss_weights_are_the_defaults_and_the_paper_overlays_keep_them():
     assert demo == {**paper, "style": 0.0}
 
 
-def test_long_phantom_overlay_keeps_the_demo_network_and_writes_elsewhere():
+@pytest.mark.parametrize(
+    "overlay,suffix,longer", [("task_phantom_long.json", "long", True), ("task_phantom_chest.json", "chest", False)]
+)
+def test_phantom_overlays_keep_the_demo_network_and_write_elsewhere(overlay, suffix, longer):
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "task_phantom_long.json")])
+    parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / overlay)])
     demo = ConfigParser()
     demo.read_config(str(BUNDLE / "configs" / "train.json"))
     for key in ("num_levels", "channels", "kernel_sizes", "image_size", "lambda_perc", "lambda_style"):
         assert parser.get_parsed_content(key) == demo.get_parsed_content(key), key
-    assert parser.get_parsed_content("phase1_epochs") > demo.get_parsed_content("phase1_epochs")
-    for key, folder in (("ckpt_dir", "models_long"), ("output_dir", "eval_long")):
-        assert parser.get_parsed_content(key).endswith(folder), "the long run must not overwrite the demo's models/eval"
+    assert (parser.get_parsed_content("phase1_epochs") > demo.get_parsed_content("phase1_epochs")) == longer
+    for key, folder in (("ckpt_dir", f"models_{suffix}"), ("output_dir", f"eval_{suffix}")):
+        assert parser.get_parsed_content(key).endswith(folder), "a phantom run must not overwrite the demo's models/eval"
+    for classifier_overlay in parser.get_parsed_content("classifier_overlays"):
+        assert (BUNDLE.parent / "classifier" / classifier_overlay).is_file(), classifier_overlay
 
 
 def test_training_reads_organ_masks_stored_as_0_1_as_those_stored_as_0_255(workspace, tmp_path):
