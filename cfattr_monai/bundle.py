@@ -54,7 +54,11 @@ def bundle_checkpoint(
     ``models_chest/``, is loaded from there), else ``models/model.pt``."""
     if checkpoint is not None:
         return Path(bundle_dir) / checkpoint
-    parser = read_bundle_config(bundle_dir, overlays, caller="bundle_checkpoint")
+    return _configured_checkpoint(read_bundle_config(bundle_dir, overlays, caller="bundle_checkpoint"), bundle_dir)
+
+
+def _configured_checkpoint(parser: ConfigParser, bundle_dir: str | Path) -> Path:
+    """``model.pt`` in the parsed bundle config's ``ckpt_dir``, or ``bundle_dir/models/model.pt`` without one."""
     if "ckpt_dir" not in parser:
         return Path(bundle_dir) / "models" / "model.pt"
     return Path(parser.get_parsed_content("ckpt_dir")) / "model.pt"
@@ -98,7 +102,8 @@ def load_network(
         raise KeyError(f"load_network: key {network_key!r} not found in {', '.join(map(str, config_files))}.")
     network: nn.Module = parser.get_parsed_content(network_key, instantiate=True)
 
-    load_weights(network, bundle_checkpoint(bundle_dir, overlays, checkpoint), config_files)
+    ckpt_path = _configured_checkpoint(parser, bundle_dir) if checkpoint is None else bundle_dir / checkpoint
+    load_weights(network, ckpt_path, config_files)
     network.to(device).eval()
     network.requires_grad_(False)
     return network

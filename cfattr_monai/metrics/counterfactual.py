@@ -127,7 +127,7 @@ def acceptance_summary(
 def main(argv: Sequence[str] | None = None) -> None:
     from monai.bundle import ConfigParser
 
-    from cfattr_monai.explain.counterfactual import load_explainer, read_classification_threshold, read_recorded
+    from cfattr_monai.explain.counterfactual import load_explainer, read_recorded
 
     parser = argparse.ArgumentParser(description="Acceptance figures of a trained attributor bundle (JSON).")
     parser.add_argument("bundle", type=Path, help="attributor bundle folder")
@@ -141,14 +141,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     config.read_config([str(args.bundle / "configs" / "train.json"), *(str(args.bundle / o) for o in args.overlays)])
     config["bundle_root"] = str(args.bundle)
     explainer = load_explainer(args.bundle, args.overlays, checkpoint=args.checkpoint, device=args.device)
-    # θ the attributor was trained for (recorded beside its weights); the config's Youden point only when none is
-    # recorded — with a data overlay the config would recompute θ on that data set's validation split
+    # θ and δ the attributor was trained for (recorded beside its weights); the config's only when none is
+    # recorded — with a data overlay the config would recompute θ on that data set's validation split, and a
+    # --delta given to training is not in the config at all
     ckpt_dir = (args.bundle / args.checkpoint).parent
-    threshold = read_classification_threshold(ckpt_dir, default=None)
+    threshold, delta = (read_recorded(ckpt_dir, key) for key in ("classification_threshold", "delta"))
     if threshold is None:
         threshold = float(config.get_parsed_content("classification_threshold"))
-    # likewise δ: the one training used (e.g. a --delta given on its command line), else the config's
-    delta = read_recorded(ckpt_dir, "delta")
     if delta is None:
         delta = float(config.get_parsed_content("delta"))
     summary = acceptance_summary(
