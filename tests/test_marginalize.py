@@ -146,6 +146,13 @@ def test_mask_of_wrong_shape_is_a_clear_error(mask):
         BlurMarginalizer()(torch.rand(2, 1, 16, 16), mask)
 
 
-def test_a_map_covering_everything_cannot_be_inpainted():
-    with pytest.raises(ValueError, match="all holes"):
-        InpaintMarginalizer(tiny_inpainter())(torch.rand(1, 1, 16, 16), torch.ones(1, 1, 16, 16))
+def test_a_map_covering_everything_leaves_that_image_unchanged_and_inpaints_the_others():
+    """No context to inpaint from: F = I for that item (π changes nothing), the rest of the batch as alone."""
+    image, mask = torch.rand(2, 1, 16, 16), attribution()
+    mask[0] = 1.0
+    pi = InpaintMarginalizer(tiny_inpainter())
+    out = pi(image, mask)
+    torch.testing.assert_close(out[0], image[0])
+    torch.testing.assert_close(out[1:], pi(image[1:], mask[1:]))
+    assert not torch.allclose(out[1][mask[1] == 1], image[1][mask[1] == 1])
+    torch.testing.assert_close(pi(image, torch.ones_like(mask)), image)

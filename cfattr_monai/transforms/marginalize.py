@@ -62,6 +62,10 @@ class Marginalizer:
 class InpaintMarginalizer(Marginalizer):
     """π by the trained partial-convolution inpainter: ``F = M_v ⊙ I + (1 − M_v) ⊙ Î``, ``M_v = 1 − hole``, clipped to [0, 1].
 
+    An image whose hole covers all of it leaves the inpainter no context: its fill is the image itself, so π changes
+    nothing there and such a map never counts as flipping the classifier (its area d = 1 fails any δ < 1 anyway).
+    A random start of the attributor can draw such a map; it must not stop training.
+
     Args:
         inpainter: a :class:`~cfattr_monai.networks.inpainter.PartialConvUNet` (e.g. from
             ``cfattr_monai.bundle.load_network("bundles/inpainter")``), used in eval mode.
@@ -82,7 +86,12 @@ class InpaintMarginalizer(Marginalizer):
 
     def fill(self, image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
         valid = 1 - hole
-        return composite(image, valid, self.inpainter(image, valid)).clamp(0.0, 1.0)
+        context = valid.flatten(1).amax(dim=1) > 0
+        fill = image.clone()  # a hole over the whole image has no context to inpaint from: F = I there
+        if context.any():
+            image, valid = image[context], valid[context]
+            fill[context] = composite(image, valid, self.inpainter(image, valid)).clamp(0.0, 1.0)
+        return fill
 
 
 class BlurMarginalizer(Marginalizer):
