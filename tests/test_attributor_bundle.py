@@ -84,6 +84,8 @@ def test_task_overlays_parse(overlay):
     parser = ConfigParser()
     parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / overlay)])
     assert len(parser.get_parsed_content("image_size")) == 2
+    # the early stopper builds: EarlyStopOrRestart refuses a restart_patience that is not below the patience
+    assert parser.get_parsed_content("validate#early_stop").restart_patience < parser.get_parsed_content("early_stop_patience")
     for bundle in ("classifier", "inpainter"):  # the overlays named for the other bundles exist there
         for other in parser.get_parsed_content(f"{bundle}_overlays"):
             assert (BUNDLE.parent / bundle / other).is_file(), (bundle, other)
