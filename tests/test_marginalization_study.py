@@ -14,7 +14,7 @@ from PIL import Image
 
 from cfattr_monai.data.phantoms import write_phantom_dataset
 from cfattr_monai.metrics.marginalization import load_split, marginalization_study, save_fig1c, write_study
-from cfattr_monai.transforms.marginalize import get_marginalizer
+from cfattr_monai.transforms.marginalize import Marginalizer, get_marginalizer
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +215,22 @@ def test_counterfactuals_scored_against_the_healthy_twins(gain, with_twins, inpa
     assert (results["twin_abs_dp"]["inpaint"] < 1e-6) is inpaint_dp_zero
     assert (results["twin_abs_dp"]["mean"] < 1e-6) is mean_dp_zero
     assert results["twin_psnr"]["inpaint"] >= 100 > results["twin_psnr"]["mean"]  # exact pixels vs a flat fill
+
+
+class _ConstantFill(Marginalizer):
+    """Fills every hole with one value."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def fill(self, image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(image, self.value)
+
+
+@pytest.mark.parametrize("value, sign", [(1.0, 1.0), (0.0, -1.0)])
+def test_signed_score_change_tells_brightening_from_darkening_fills(value, sign):
+    # p rises with the mean intensity: a white fill moves every healthy score up, a black fill down
+    results = marginalization_study(_MeanIntensity(20.0), {"inpaint": _ConstantFill(value)}, _study_data(), n_runs=2)
+    signed, absolute = results["mean_dp_healthy"]["inpaint"], results["mean_abs_dp_healthy"]["inpaint"]
+    assert absolute > 0 and signed == pytest.approx(sign * absolute)

@@ -19,7 +19,12 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["power_law_noise", "mammo_anatomy", "chest_anatomy", "mammo_mass", "chest_opacity"]
+__all__ = ["power_law_noise", "power_law_covariance", "mammo_anatomy", "chest_anatomy", "mammo_mass", "chest_opacity",
+           "CHEST_TEXTURE_BETA", "CHEST_MEDIASTINUM_TEXTURE", "CHEST_NOISE_STD"]
+
+CHEST_TEXTURE_BETA = 2.5  # spectral exponent of the lung texture ("vessels")
+CHEST_MEDIASTINUM_TEXTURE = 0.03  # texture amplitude in the mediastinum (the lungs' is the Difficulty's texture)
+CHEST_NOISE_STD = 0.02  # white noise over the body
 
 
 @lru_cache(maxsize=8)
@@ -60,6 +65,21 @@ def power_law_noise(size: int, beta: float, rng: np.random.Generator) -> np.ndar
     field -= field.mean()
     field /= field.std() + 1e-12
     return field
+
+
+@lru_cache(maxsize=4)
+def power_law_covariance(size: int, beta: float) -> np.ndarray:
+    """Covariance of :func:`power_law_noise` between pixels ``(Δrow, Δcol)`` apart (periodic, 1 at 0), read-only.
+
+    Example:
+        >>> c = power_law_covariance(64, 3.0)
+        >>> float(c[0, 0]), bool(c[0, 1] > c[0, 8] > 0)
+        (1.0, True)
+    """
+    covariance = np.fft.irfft2(_power_law_filter(size, float(beta)).astype(np.float64) ** 2, s=(size, size))
+    covariance /= covariance[0, 0]
+    covariance.flags.writeable = False
+    return covariance
 
 
 def _harmonic_terms(rng: np.random.Generator, amplitude: float, orders=range(2, 6)) -> list[tuple[int, float, float]]:
@@ -187,9 +207,9 @@ def chest_anatomy(size: int, rng: np.random.Generator, texture: float) -> tuple[
     mediastinum = (np.abs(x - mid) < 0.06 + 0.03 * y) | heart
     lungs &= ~mediastinum
 
-    vessels = power_law_noise(size, 2.5, rng)
+    vessels = power_law_noise(size, CHEST_TEXTURE_BETA, rng)
     image = np.where(lungs, 0.16 + 0.10 * y + texture * vessels, image)
-    image = np.where(mediastinum & body, 0.70 + 0.03 * vessels, image)
+    image = np.where(mediastinum & body, 0.70 + CHEST_MEDIASTINUM_TEXTURE * vessels, image)
 
     # posterior ribs: ten arcs of one shape, curving down from the spine, visible through the lungs
     lateral = np.abs(x - mid)
@@ -201,7 +221,7 @@ def chest_anatomy(size: int, rng: np.random.Generator, texture: float) -> tuple[
     clavicle = apex - 0.01 - 0.25 * (lateral - 0.08)
     bones += np.clip(1.0 - ((y - clavicle) / 0.013) ** 2, 0.0, 1.0) * (lateral > 0.04)
     image += 0.09 * np.clip(bones, 0.0, 1.0) * body
-    image += 0.02 * rng.standard_normal(image.shape, dtype=np.float32) * body
+    image += CHEST_NOISE_STD * rng.standard_normal(image.shape, dtype=np.float32) * body
     return np.clip(image, 0.0, 1.0).astype(np.float32), lungs
 
 

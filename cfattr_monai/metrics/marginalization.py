@@ -13,6 +13,9 @@ holes are also filled by blur, noise and the mean:
 
 * ``mean_abs_dp_healthy[π]`` = mean over runs and healthy images of ``|p(c|π(I)) − p(c|I)|`` — lower is better:
   a fill that leaves healthy images healthy does not move the score;
+* ``mean_dp_healthy[π]``: the same without the absolute value, which tells the two ways a fill moves the score apart:
+  > 0, the fill makes healthy tissue look pathological (an artefact); < 0, it removes what the classifier took for
+  weak signs of disease (a fill smoother than real tissue does);
 * ``psnr[π]``, ``ssim[π]``: PSNR and SSIM (``monai.metrics``) inside the hole against the original pixels, on the
   healthy test images — higher is better;
 * ``sensitivity_floor``: the same two figures for the *original* pixels plus Gaussian noise N(0, σ²) in the same
@@ -32,6 +35,7 @@ holes of (iii), filled by each π, against the healthy twin —
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -53,6 +57,8 @@ from cfattr_monai.transforms.masks import irregular_hole_mask
 
 __all__ = ["hole_psnr", "hole_ssim", "load_split", "load_twins", "marginalization_study", "roc_curve", "save_fig1c",
            "write_study"]
+
+logger = logging.getLogger(__name__)
 
 LESION_MARGIN = 2  # pixels: healthy-tissue holes keep this distance to a lesion, lesion holes cover this much more
 
@@ -198,7 +204,7 @@ def marginalization_study(
     Returns:
         JSON-ready dict: ``auc_none``, ``auc_healthy_<π>`` and ``auc_lesion_inpaint`` (each mean/std/runs; the
         latter None when the split has no lesion mask),
-        ``mean_abs_dp_healthy``, ``psnr``, ``ssim`` (π → value), ``sensitivity_floor`` (``noise_std``,
+        ``mean_abs_dp_healthy``, ``mean_dp_healthy``, ``psnr``, ``ssim`` (π → value), ``sensitivity_floor`` (``noise_std``,
         ``mean_abs_dp_healthy``, ``psnr``), with twins ``twin_abs_dp`` and ``twin_psnr`` (π → value), ``roc``
         (curves of the first run) and the settings.
 
@@ -218,6 +224,7 @@ def marginalization_study(
     p_none = _probabilities(classifier, data["image"], device, batch_size)
     auc_healthy = {name: [] for name in marginalizers}
     abs_dp = {name: [] for name in marginalizers}
+    signed_dp = {name: [] for name in marginalizers}
     psnr = {name: [] for name in marginalizers}
     ssim = {name: [] for name in marginalizers}
     auc_lesion, roc, floor_dp, floor_psnr = [], {}, [], []
@@ -228,13 +235,14 @@ def marginalization_study(
         p_twin = _probabilities(classifier, twins[sick], device, batch_size)
         twin_dp, twin_psnr = {name: [] for name in marginalizers}, {name: [] for name in marginalizers}
 
-    def healthy_change(filled: torch.Tensor, holes: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-        """p(c|filled), and over the healthy images the mean |Δp| and the hole PSNR."""
+    def healthy_change(filled: torch.Tensor, holes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """p(c|filled), and over the healthy images Δp and the mean hole PSNR."""
         p = _probabilities(classifier, filled, device, batch_size)
-        dp = float((p - p_none)[healthy].abs().mean())
-        return p, dp, float(hole_psnr(filled[healthy], data["image"][healthy], holes[healthy]).mean())
+        return p, (p - p_none)[healthy], float(hole_psnr(filled[healthy], data["image"][healthy], holes[healthy]).mean())
 
+    start = time.perf_counter()
     for run in range(n_runs):
+        logger.info("marginalization study: hole draw %d of %d (%.0f s)", run + 1, n_runs, time.perf_counter() - start)
         rng = np.random.default_rng([seed, run])
         torch.manual_seed(seed * 1000 + run)
         healthy_holes = _holes(data, rng, hole_ratio, over_lesion=False)
@@ -242,14 +250,15 @@ def marginalization_study(
             filled = _marginalize(pi, data["image"], healthy_holes, device, batch_size)
             p, dp, hole_db = healthy_change(filled, healthy_holes)
             auc_healthy[name].append(auc(p))
-            abs_dp[name].append(dp)
+            abs_dp[name].append(float(dp.abs().mean()))
+            signed_dp[name].append(float(dp.mean()))
             psnr[name].append(hole_db)
             ssim[name].append(float(hole_ssim(filled[healthy], data["image"][healthy], healthy_holes[healthy]).mean()))
             if run == 0 and name == "inpaint":
                 roc["healthy_inpaint"] = p
         noisy = (data["image"] + healthy_holes * floor_noise_std * torch.randn_like(data["image"])).clamp(0.0, 1.0)
         _, dp, hole_db = healthy_change(noisy, healthy_holes)
-        floor_dp.append(dp)
+        floor_dp.append(float(dp.abs().mean()))
         floor_psnr.append(hole_db)
         if not annotated:
             continue
@@ -275,6 +284,7 @@ def marginalization_study(
         **{f"auc_healthy_{name}": _mean_std(values) for name, values in auc_healthy.items()},
         "auc_lesion_inpaint": _mean_std(auc_lesion) if annotated else None,
         "mean_abs_dp_healthy": {name: float(np.mean(v)) for name, v in abs_dp.items()},
+        "mean_dp_healthy": {name: float(np.mean(v)) for name, v in signed_dp.items()},
         "psnr": {name: float(np.mean(v)) for name, v in psnr.items()},
         "ssim": {name: float(np.mean(v)) for name, v in ssim.items()},
         "sensitivity_floor": {"noise_std": floor_noise_std, "mean_abs_dp_healthy": float(np.mean(floor_dp)), "psnr": float(np.mean(floor_psnr))},
