@@ -117,6 +117,22 @@ def test_phantom_overlays_keep_the_demo_network_and_write_elsewhere(overlay, suf
         assert (BUNDLE.parent / "classifier" / classifier_overlay).is_file(), classifier_overlay
 
 
+def test_long_chest_overlay_trains_on_other_healthy_phantoms_and_evaluates_on_the_classifiers_data():
+    files = [str(BUNDLE / "configs" / name) for name in ("train.json", "task_phantom_chest_long.json", "evaluate.json")]
+    parser = ConfigParser()
+    parser.read_config(files)
+    chest = ConfigParser()
+    chest.read_config([str(BUNDLE / "configs" / name) for name in ("train.json", "task_phantom_chest.json")])
+    assert parser.get_parsed_content("eval_datalist") == chest.get_parsed_content("datalist")
+    assert parser.get_parsed_content("eval_phantoms") == chest.get_parsed_content("phantoms")
+    assert parser.get_parsed_content("classifier_overlays") == chest.get_parsed_content("classifier_overlays")
+    training = parser.get_parsed_content("phantoms")
+    assert parser.get_parsed_content("datalist") != chest.get_parsed_content("datalist")
+    assert training["prevalence"] == 0.0 and training["seed"] != chest.get_parsed_content("phantoms")["seed"]
+    for key, folder in (("ckpt_dir", "models_chest_long"), ("output_dir", "eval_chest_long")):
+        assert parser.get_parsed_content(key).endswith(folder), key
+
+
 def test_training_reads_organ_masks_stored_as_0_1_as_those_stored_as_0_255(workspace, tmp_path):
     """check_datalist accepts {0, 1} and {0, 255} organ masks as binary: both give the same organ and holes."""
     parser = ConfigParser()

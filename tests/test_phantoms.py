@@ -259,6 +259,7 @@ def test_ensure_warns_when_generating_into_a_new_folder(tmp_path, caplog, capsys
         ("list.json", {}, "datalist.json"),
         ("datalist.json", {"seed": 1}, "other generation parameters"),
         ("datalist.json", {"contrast": (0.3, 0.4)}, "other generation parameters"),
+        ("datalist.json", {"splits": (0.8, 0.1, 0.1)}, "'splits'"),
     ],
 )
 def test_ensure_refuses_mismatch(tmp_path, name, kwargs, match):
@@ -271,6 +272,15 @@ def test_ensure_refuses_mismatch(tmp_path, name, kwargs, match):
 def test_figure(tmp_path, kind):
     path = save_phantom_figure(tmp_path / f"{kind}.png", kind, count=2, size=64)
     assert Image.open(path).size[0] > 100 and path.stat().st_size < 300_000
+
+
+def test_ensure_writes_the_asked_splits_and_reuses_them(tmp_path):
+    asked = {"n": 20, "size": 48, "seed": 0, "splits": (0.9, 0.05, 0.05), "prevalence": 0.0}
+    datalist = ensure_phantom_dataset(tmp_path / "datalist.json", "chest", **asked)
+    lists = json.loads(datalist.read_text())
+    assert {key: len(items) for key, items in lists.items()} == {"training": 18, "validation": 1, "test": 1}
+    assert all(item["label"] == 0 for items in lists.values() for item in items)
+    assert ensure_phantom_dataset(datalist, "chest", **asked) == datalist
 
 
 def test_ensure_refuses_set_from_older_generator(tmp_path):

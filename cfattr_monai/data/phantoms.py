@@ -243,7 +243,7 @@ def write_phantom_dataset(out_dir, kind: str = "mammo", n: int = 600, size: int 
 
 
 def ensure_phantom_dataset(datalist, kind: str = "mammo", n: int = 600, size: int = 256, seed: int = 0,
-                           **difficulty) -> Path:
+                           splits=(0.6, 0.2, 0.2), **difficulty) -> Path:
     """Return ``datalist``; write the phantom data set into its folder first when it is missing.
 
     Bundle configs call this in ``initialize`` so that they run on a fresh clone. An existing data set whose
@@ -253,7 +253,7 @@ def ensure_phantom_dataset(datalist, kind: str = "mammo", n: int = 600, size: in
 
     Args:
         datalist: path of the data set's ``datalist.json``.
-        kind, n, size, seed, difficulty: as for :func:`write_phantom_dataset`.
+        kind, n, size, seed, splits, difficulty: as for :func:`write_phantom_dataset`.
 
     Raises:
         ValueError: ``datalist`` is not named ``datalist.json``, or the existing data set was made differently.
@@ -268,16 +268,15 @@ def ensure_phantom_dataset(datalist, kind: str = "mammo", n: int = 600, size: in
                 "fix the path and pass --phantoms False.", datalist.parent, n, kind
             )
         try:
-            return write_phantom_dataset(datalist.parent, kind, n, size, seed, **difficulty)
+            return write_phantom_dataset(datalist.parent, kind, n, size, seed, splits, **difficulty)
         except OSError:  # another process renamed its finished copy into place first
             if not datalist.is_file():
                 raise
-    wanted = json.loads(json.dumps(_parameters(kind, n, size, seed, (0.6, 0.2, 0.2),
-                                               default_difficulty(kind, **difficulty))))
+    wanted = json.loads(json.dumps(_parameters(kind, n, size, seed, splits, default_difficulty(kind, **difficulty))))
     recorded_file = datalist.parent / "phantoms.json"
     recorded = json.loads(recorded_file.read_text()) if recorded_file.is_file() else {}
     differing = {k: {"recorded": recorded.get(k), "requested": v} for k, v in wanted.items()
-                 if k != "splits" and recorded and recorded.get(k) != v}
+                 if recorded and recorded.get(k) != v}
     if differing:
         raise ValueError(f"{recorded_file} records other generation parameters than requested: {differing}; delete "
                          f"{datalist.parent} to regenerate it, or request the recorded parameters.")
