@@ -23,7 +23,8 @@ import torch
 
 from cfattr_monai.bundle import load_network
 from cfattr_monai.data.phantom_oracle import PhantomOracleMarginalizer
-from cfattr_monai.metrics.marginalization import load_split, load_twins, marginalization_study
+from cfattr_monai.io.outputs import atomic_path
+from cfattr_monai.metrics.marginalization import load_study_data, marginalization_study
 from cfattr_monai.transforms.marginalize import (BlurMarginalizer, InpaintMarginalizer, MeanMarginalizer,
                                                  NoiseMarginalizer)
 
@@ -51,10 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     classifier = load_network(args.classifier_bundle, args.classifier_overlays, args.classifier_checkpoint)
     inpainter = load_network(args.inpainter_bundle, args.inpainter_overlays, args.inpainter_checkpoint)
-    data = load_split(args.datalist, args.split)
-    twins = load_twins(args.datalist, args.split)
-    if twins is not None:
-        data["twin"] = twins
+    data = load_study_data(args.datalist, args.split)
     marginalizers = {"inpaint": InpaintMarginalizer(inpainter), "blur": BlurMarginalizer(),
                      "noise": NoiseMarginalizer(), "mean": MeanMarginalizer(region="organ")}
     for mode in ("mean", "sample", "anatomy"):
@@ -65,7 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     results["settings"].update(split=args.split, datalist=str(args.datalist),
                                wall_time_s=round(time.perf_counter() - start, 1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
     reference = min(results["mean_abs_dp_healthy"][name] for name in ("blur", "noise", "mean"))
     print(f"{'fill':<14} {'|dp| healthy':>12} {'/ min(blur,noise,mean)':>22} {'signed dp':>10} {'hole PSNR':>10}")
     for name in marginalizers:

@@ -55,8 +55,8 @@ from cfattr_monai.networks.classifier_output import pathology_probability
 from cfattr_monai.transforms.marginalize import Marginalizer
 from cfattr_monai.transforms.masks import irregular_hole_mask
 
-__all__ = ["hole_psnr", "hole_ssim", "load_split", "load_twins", "marginalization_study", "roc_curve", "save_fig1c",
-           "write_study"]
+__all__ = ["hole_psnr", "hole_ssim", "load_split", "load_study_data", "load_twins", "marginalization_study", "roc_curve",
+           "save_fig1c", "write_study"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,16 @@ def load_twins(datalist: str | Path, split: str = "test", image_size: Sequence[i
         return None
     with tempfile.TemporaryDirectory() as folder:
         return load_split(write_healthy_twins(datalist, split, folder), split, image_size)["image"]
+
+
+def load_study_data(datalist: str | Path, split: str = "test", image_size: Sequence[int] | None = None) -> dict:
+    """:func:`load_split`, plus ``twin`` (the healthy twins, :func:`load_twins`) for a phantom data set: the ``data``
+    of :func:`marginalization_study`."""
+    data = load_split(datalist, split, image_size)
+    twins = load_twins(datalist, split, image_size)  # phantoms: score the counterfactuals against the truth
+    if twins is not None:
+        data["twin"] = twins
+    return data
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -331,10 +341,7 @@ def write_study(
     """Load ``split`` of ``datalist`` (resized to ``image_size``, see :func:`load_split`; for a phantom data set also
     its healthy twins), run :func:`marginalization_study`, write ``marginalization.json`` and ``fig1c_roc.png``."""
     start = time.perf_counter()
-    data = load_split(datalist, split, image_size)
-    twins = load_twins(datalist, split, image_size)  # phantoms: score the counterfactuals against the truth
-    if twins is not None:
-        data["twin"] = twins
+    data = load_study_data(datalist, split, image_size)
     results = marginalization_study(classifier, marginalizers, data, n_runs, tuple(hole_ratio), seed, device)
     results["settings"].update(
         split=split, datalist=str(datalist), image_size=None if image_size is None else list(image_size),
