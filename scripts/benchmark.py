@@ -7,7 +7,13 @@ the median of ``--repeats`` calls in each of ``--passes`` passes over all method
 ===========================  ===================================================================================
 ``ours``                     the attribution network's map (one forward pass under ``torch.inference_mode``)
 ``ours_with_counterfactual`` map + counterfactual π(M̂) by the inpainter + p(c|I) and p(c|π(M̂))
-``gradcam``                  MONAI ``GradCAM`` on the classifier's coarsest activation, batched, as a user runs it
+``gradcam``                  MONAI ``GradCAM`` on the classifier's coarsest activation, batched, on the frozen
+                             classifier (the gradient reaches the target layer through the input), as the
+                             evaluation bundle runs it
+``gradcam_trainable``        the same on the classifier as ``load_state_dict`` leaves it (weights require grad):
+                             MONAI's backward then fills every weight gradient too
+``gradcam_head_only``        the same map with the gradient taken through the head only, the cheapest honest
+                             Grad-CAM (:func:`~cfattr_monai.explain.baselines.gradcam_head_only`)
 ``saliency``                 MONAI ``VanillaGrad`` as it is (batch 1 only: looped over the batch)
 ``saliency_batched``         one forward + one input-gradient backward for the batch, frozen weights
 ``classifier_forward``       the bare classifier forward pass (the floor of any method that runs the classifier)
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -40,25 +47,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import DenseNet121
+from monai.visualize import GradCAM
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cfattr_monai.bundle import read_state_dict
 from cfattr_monai.data.phantoms import generate_phantom
-from cfattr_monai.explain.baselines import GradCAMBaseline, IterativeCounterfactual, SaliencyBaseline, saliency_batched
+from cfattr_monai.explain.baselines import (
+    PATHOLOGY_INDEX,
+    GradCAMBaseline,
+    IterativeCounterfactual,
+    SaliencyBaseline,
+    gradcam_head_only,
+    gradcam_target_layer,
+    saliency_batched,
+)
 from cfattr_monai.explain.counterfactual import CounterfactualExplainer
 from cfattr_monai.losses.attribution import CounterfactualLoss
 from cfattr_monai.networks.attribution import AttentionGatedUNet
 from cfattr_monai.networks.inpainter import PartialConvUNet
 from cfattr_monai.networks.mobilenet import MobileNetV1
+from cfattr_monai.report.tables import timing_table
 from cfattr_monai.transforms.marginalize import InpaintMarginalizer
 from cfattr_monai.transforms.masks import SmoothMaxCompact
 
 #: backbone → (phantom kind, inpainter levels): the paper drops the bottom-most inpainter level for 256² X-rays.
 BACKBONES = {"mobilenet_v1": ("mammo", 8), "densenet121": ("chest", 7)}
-METHODS = ("ours", "ours_with_counterfactual", "gradcam", "saliency", "saliency_batched", "iterative",
-           "classifier_forward")
-BASELINES = ("gradcam", "saliency", "saliency_batched", "iterative", "forward")
+METHODS = ("ours", "ours_with_counterfactual", "gradcam", "gradcam_trainable", "gradcam_head_only", "saliency",
+           "saliency_batched", "iterative", "classifier_forward")
 
 
 def build_classifier(backbone: str, width_mult: float) -> nn.Module:
@@ -161,7 +177,10 @@ def run(args: argparse.Namespace) -> dict:
     fast_attributor = torch.compile(attributor) if args.compile else attributor
     marginalizer = InpaintMarginalizer(inpainter)
     explainer = CounterfactualExplainer(fast_attributor, fast_classifier, marginalizer).eval()
+    # copies with the same weights, made before MONAI's hooks are registered on the classifier
+    trainable, head_only = copy.deepcopy(classifier).requires_grad_(True), copy.deepcopy(classifier)
     gradcam, saliency = GradCAMBaseline(classifier), SaliencyBaseline(classifier)
+    gradcam_as_loaded = GradCAM(nn_module=trainable, target_layers=gradcam_target_layer(classifier))
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else contextlib.nullcontext()
 
     def no_grad(fn: Callable[[], object]) -> Callable[[], object]:
@@ -180,6 +199,8 @@ def run(args: argparse.Namespace) -> dict:
         "ours": no_grad(lambda: explainer.attribute(images)),
         "ours_with_counterfactual": no_grad(lambda: explainer(images)),
         "gradcam": with_amp(lambda: gradcam(images)),
+        "gradcam_trainable": with_amp(lambda: gradcam_as_loaded(images, class_idx=PATHOLOGY_INDEX)),
+        "gradcam_head_only": with_amp(lambda: gradcam_head_only(head_only, images)),
         "saliency": with_amp(lambda: saliency(images)),
         "saliency_batched": with_amp(lambda: saliency_batched(fast_classifier, images)),
         "classifier_forward": no_grad(lambda: fast_classifier(images)),
@@ -220,8 +241,9 @@ def run(args: argparse.Namespace) -> dict:
         maps_per_s["iterative"] = None
 
     ours = maps_per_s["ours"]
-    peers = {"gradcam": "gradcam", "saliency": "saliency", "saliency_batched": "saliency_batched",
-             "iterative": "iterative", "forward": "classifier_forward"}
+    peers = {"gradcam": "gradcam", "gradcam_trainable": "gradcam_trainable", "gradcam_head_only": "gradcam_head_only",
+             "saliency": "saliency", "saliency_batched": "saliency_batched", "iterative": "iterative",
+             "forward": "classifier_forward"}
     ratios = {f"ours_vs_{key}": (ours / maps_per_s[name] if maps_per_s[name] else None) for key, name in peers.items()}
     return {
         "device": device_name(device),
@@ -244,24 +266,11 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def format_table(result: dict) -> str:
-    """A Markdown table: method, maps/s, seconds per map, ours / method."""
-    ours = result["maps_per_s"]["ours"]
-    lines = [
-        f"{result['backbone']} {result['size'][0]}×{result['size'][1]}, batch {result['batch']}, {result['device']}",
-        "",
-        "| method | maps/s | s per map | ours ÷ method |",
-        "|---|---:|---:|---:|",
-    ]
-    for name in METHODS:
-        rate = result["maps_per_s"][name]
-        if rate is None:
-            lines.append(f"| {name} | – | – | – |")
-            continue
-        lines.append(f"| {name} | {rate:.3g} | {1 / rate:.3g} | {ours / rate:.3g} |")
+    """The report's timing table of this record, then the FLOP count and the bound it sets on ours ÷ forward."""
     flops = result["gflops_per_image"]
-    lines += ["", f"GFLOP per image: ours {flops['ours']:.3g}, classifier forward {flops['classifier_forward']:.3g} "
-              f"(at equal speed per FLOP, ours ÷ forward ≤ {flops['classifier_forward'] / flops['ours']:.3g})"]
-    return "\n".join(lines)
+    return timing_table([result]) + (
+        f"\n\nGFLOP per image: ours {flops['ours']:.3g}, classifier forward {flops['classifier_forward']:.3g} "
+        f"(at equal speed per FLOP, ours ÷ forward ≤ {flops['classifier_forward'] / flops['ours']:.3g})")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

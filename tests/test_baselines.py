@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from cfattr_monai.explain.baselines import (
     GradCAMBaseline,
     IterativeCounterfactual,
     SaliencyBaseline,
+    gradcam_head_only,
     gradcam_target_layer,
     saliency_batched,
 )
@@ -29,6 +31,7 @@ def tiny_mobilenet(frozen: bool) -> nn.Module:
 GRAD_CONTEXTS = {"grad": contextlib.nullcontext, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
 METHODS = {
     "gradcam": lambda net: GradCAMBaseline(net),
+    "gradcam_head_only": lambda net: lambda x: gradcam_head_only(net, x),
     "saliency": lambda net: SaliencyBaseline(net),
     "saliency_batched": lambda net: lambda x: saliency_batched(net, x),
 }
@@ -71,6 +74,25 @@ def test_batched_saliency_equals_monai_vanillagrad_image_by_image():
     torch.testing.assert_close(saliency_batched(net, images), SaliencyBaseline(net)(images), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "trainable"])
+@pytest.mark.parametrize(
+    "build,size",
+    [
+        (lambda: MobileNetV1(width_mult=0.25), (64, 48)),
+        (lambda: DenseNet121(spatial_dims=2, in_channels=1, out_channels=1, init_features=8, growth_rate=4), (64, 64)),
+    ],
+    ids=["mobilenet_v1", "densenet121"],
+)
+def test_head_only_gradcam_equals_monai_gradcam_and_computes_no_weight_gradients(build, size, frozen):
+    torch.manual_seed(0)
+    net = build().eval().requires_grad_(not frozen)
+    images = torch.rand(3, 1, *size)
+    expected = GradCAMBaseline(copy.deepcopy(net))(images)
+    torch.testing.assert_close(gradcam_head_only(net, images), expected, atol=1e-5, rtol=1e-4)
+    assert all(p.grad is None for p in net.parameters())
+    assert not any(m._forward_hooks for m in net.modules())
+
+
 def test_gradcam_follows_the_pathology_evidence():
     """A net whose logit is the mean of a ReLU feature map: Grad-CAM is that (upsampled, normalized) map."""
     net = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
@@ -98,6 +120,8 @@ def test_gradcam_rejects_unknown_backbones_and_layers():
         gradcam_target_layer(nn.Sequential(nn.Conv2d(1, 1, 3)))
     with pytest.raises(ValueError, match="not a module"):
         GradCAMBaseline(tiny_mobilenet(True), target_layer="features.nope")
+    with pytest.raises(ValueError, match="not a module"):
+        gradcam_head_only(tiny_mobilenet(True), torch.rand(1, 1, 32, 32), target_layer="features.nope")
 
 
 class BlobDetector(nn.Module):

@@ -31,11 +31,12 @@ def test_tiny_run_writes_the_documented_json(benchmark, tmp_path, capsys):
     assert {"device", "size", "batch", "maps_per_s", "ratios"} <= set(result)
     assert result["size"] == [32, 32] and result["batch"] == 2
     rates = result["maps_per_s"]
-    assert set(rates) == {"ours", "ours_with_counterfactual", "gradcam", "saliency", "saliency_batched",
-                          "iterative", "classifier_forward"}
+    assert set(rates) == {"ours", "ours_with_counterfactual", "gradcam", "gradcam_trainable", "gradcam_head_only",
+                          "saliency", "saliency_batched", "iterative", "classifier_forward"}
     assert all(rate > 0 for rate in rates.values())
-    assert set(result["ratios"]) == {"ours_vs_gradcam", "ours_vs_saliency", "ours_vs_saliency_batched",
-                                     "ours_vs_iterative", "ours_vs_forward"}
+    assert set(result["ratios"]) == {"ours_vs_gradcam", "ours_vs_gradcam_trainable", "ours_vs_gradcam_head_only",
+                                     "ours_vs_saliency", "ours_vs_saliency_batched", "ours_vs_iterative",
+                                     "ours_vs_forward"}
     assert result["ratios"]["ours_vs_gradcam"] == pytest.approx(rates["ours"] / rates["gradcam"])
     assert result["iterative"]["runs"][0]["iterations"] <= 2
     flops = result["gflops_per_image"]  # the attributor runs the classifier's features plus its decoder

@@ -98,7 +98,7 @@ def test_report_with_every_part(fragment, tmp_path):
     assert "fig1c_roc.png" in text and (report.parent / "fig1c_roc.png").is_file()
     assert "| 0.0200 | 0.0300 |" in text and "N(0, 0.01²)" in text and "by 0.0157" in text
     assert "| π | inpaint | blur |" in text and "to the twin | 0.0500 | 0.1200 |" in text and "| 27.0 | 22.0 |" in text
-    assert "| densenet121 | 256×256 | 8 | cpu | 8 |" in text
+    assert "densenet121 256×256, batch 8, cpu" in text and "(gradient through the input) | 2 | 4 |" in text
     assert json.loads((report.parent / "report_metrics.json").read_text())["timing"][0]["batch"] == 8
     assert not list(report.parent.glob(".tmp-*"))
 
@@ -109,9 +109,15 @@ def test_report_names_what_is_missing(tmp_path):
     assert "python -m cfattr_monai.metrics.counterfactual" in text
 
 
-def test_timing_table_prints_dashes_for_skipped_methods():
-    row = timing_table([{"device": "cpu", "size": [8, 8], "batch": 1, "maps_per_s": {"ours": 1.0}, "ratios": {}}])
-    assert row.splitlines()[-1].startswith("| ? | 8×8 | 1 | cpu | 1 | – |")
+def test_timing_table_has_a_block_per_record_and_dashes_for_skipped_methods():
+    records = [{"device": "cpu", "size": [8, 8], "batch": 1, "maps_per_s": {"ours": 2.0, "iterative": None}},
+               {"backbone": "densenet121", "device": "cuda", "size": [256, 256], "batch": 8,
+                "maps_per_s": {"ours": 9.0, "gradcam": 3.0}}]
+    lines = timing_table(records).splitlines()
+    assert lines[0] == "? 8×8, batch 1, cpu" and "densenet121 256×256, batch 8, cuda" in lines
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[2:] for line in lines if line.startswith("| ")}
+    assert rows["ours"] == ["9", "1 |"] and rows["gradcam"] == ["3", "3 |"] and rows["iterative"] == ["–", "– |"]
+    assert lines.count("| method | what runs | maps/s | ours ÷ method |") == 2
 
 
 def test_attribution_maps_of_a_tiny_explainer():

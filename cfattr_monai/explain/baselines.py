@@ -2,7 +2,9 @@
 
 * **Grad-CAM** (Selvaraju et al., ICCV 2017, paper ref. [25]): ``M = ReLU(Σ_k α_k A^k)``, ``α_k`` the spatial mean of
   ``∂z/∂A^k`` for the pathology logit z and the feature maps A of the classifier's coarsest scale, upsampled to the
-  image. Runs :class:`monai.visualize.GradCAM` as it is, batched.
+  image. :class:`GradCAMBaseline` runs :class:`monai.visualize.GradCAM` as it is, batched;
+  :func:`gradcam_head_only` computes the same map with the backward pass stopped at A — the cheapest honest peer for
+  timing.
 * **Gradient saliency** (Simonyan et al. 2013, ref. [26]): ``M = |∂z/∂I|``. :class:`SaliencyBaseline` runs
   :class:`monai.visualize.VanillaGrad` as it is (it accepts batch 1 only, so images are looped over);
   :func:`saliency_batched` computes the same map for a whole batch with one backward pass to the input and no weight
@@ -38,6 +40,7 @@ __all__ = [
     "GradCAMBaseline",
     "IterativeCounterfactual",
     "SaliencyBaseline",
+    "gradcam_head_only",
     "gradcam_target_layer",
     "normalize_per_image",
     "saliency_batched",
@@ -157,6 +160,48 @@ def saliency_batched(classifier: nn.Module, images: torch.Tensor) -> torch.Tenso
         inputs = _gradient_ready(images)
         (grad,) = torch.autograd.grad(pathology_logit(classifier(inputs)).sum(), inputs)
     return normalize_per_image(grad.abs().amax(dim=1, keepdim=True))
+
+
+def gradcam_head_only(classifier: nn.Module, images: torch.Tensor, target_layer: str | None = None) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017) with the gradient taken through the classifier's head only.
+
+    ``M = ReLU(Σ_k α_k A^k)``, ``α_k`` the spatial mean of ``∂z/∂A^k``: the same map as :class:`GradCAMBaseline`,
+    but the backward pass runs from the logit z to the target layer's activations A and stops there. MONAI's
+    ``GradCAM`` backpropagates to the input or the weights (whichever requires grad), through the whole network; here
+    A is detached in a forward hook and made the only tensor that requires grad, so nothing before the target layer
+    builds a graph. The cheapest honest Grad-CAM, for timing (as :func:`saliency_batched` is for saliency).
+
+    Args:
+        classifier: binary classifier, output (B, 1) or (B, 2), in eval mode; frozen weights allowed.
+        images: (B, C, H, W).
+        target_layer: name of the activation; default from :func:`gradcam_target_layer`.
+
+    Returns:
+        maps (B, 1, H, W) in [0, 1], bilinearly upsampled to the image as MONAI does.
+    """
+    name = gradcam_target_layer(classifier) if target_layer is None else target_layer
+    modules = dict(classifier.named_modules())
+    if name not in modules:
+        raise ValueError(
+            f"gradcam_head_only: target_layer {name!r} is not a module of {type(classifier).__qualname__}; "
+            "pick one from classifier.named_modules()."
+        )
+    captured: list[torch.Tensor] = []
+
+    def leaf_activation(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+        captured.append(output.detach().requires_grad_(True))
+        return captured[-1]
+
+    handle = modules[name].register_forward_hook(leaf_activation)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            logit = pathology_logit(classifier(images.detach().clone()))
+            (grad,) = torch.autograd.grad(logit.sum(), captured[-1])
+    finally:
+        handle.remove()
+    activation = captured[-1].detach()
+    cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1, keepdim=True))
+    return normalize_per_image(F.interpolate(cam, size=images.shape[2:], mode="bilinear", align_corners=False))
 
 
 class IterativeCounterfactual:

@@ -18,10 +18,30 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from cfattr_monai.metrics.localization import METRIC_DIRECTIONS
 
-__all__ = ["BASELINE_NAMES", "markdown_table", "significance_table", "table1", "timing_table", "verdicts"]
+__all__ = [
+    "BASELINE_NAMES",
+    "TIMING_METHODS",
+    "markdown_table",
+    "significance_table",
+    "table1",
+    "timing_table",
+    "verdicts",
+]
 
 #: Display names of the baselines, as in the paper's Table 1 columns.
 BASELINE_NAMES = {"gradcam": "Grad-CAM", "saliency": "saliency"}
+#: The methods ``scripts/benchmark.py`` times, in the order of the timing tables, with what each one runs.
+TIMING_METHODS = {
+    "ours": "the attribution network's map, one forward pass",
+    "ours_with_counterfactual": "map + counterfactual π(M̂) by the inpainter + both scores",
+    "gradcam": "MONAI GradCAM, frozen weights (gradient through the input)",
+    "gradcam_trainable": "MONAI GradCAM, weights as loaded (weight gradients too)",
+    "gradcam_head_only": "the same Grad-CAM map, gradient through the head only",
+    "saliency": "MONAI VanillaGrad, one image at a time",
+    "saliency_batched": "input gradient for the whole batch, frozen weights",
+    "iterative": "Major et al. 2020, one optimization per image to its own stop",
+    "classifier_forward": "the bare classifier forward pass",
+}
 #: Significance level of the acceptance criterion (the paper reports all p < 1e-2).
 ALPHA = 0.01
 
@@ -121,12 +141,23 @@ def significance_table(fragment: Mapping, baselines: Sequence[str] = ("gradcam",
 
 
 def timing_table(records: Sequence[Mapping]) -> str:
-    """One row per benchmark record (``scripts/benchmark.py`` JSON): maps/s of each method and ours' ratios."""
-    methods = ["ours", "ours_with_counterfactual", "gradcam", "saliency", "saliency_batched", "iterative",
-               "classifier_forward"]
-    ratios = ["ours_vs_gradcam", "ours_vs_saliency", "ours_vs_saliency_batched", "ours_vs_iterative", "ours_vs_forward"]
+    """Per benchmark record (``scripts/benchmark.py`` JSON): a caption, then one row per method of
+    :data:`TIMING_METHODS` with what runs, its maps/s and ours' maps/s divided by it (``–`` where not measured).
+
+    Example:
+        >>> record = {"backbone": "densenet121", "size": [256, 256], "batch": 8, "device": "cpu",
+        ...           "maps_per_s": {"ours": 12.0, "gradcam": 6.0}}
+        >>> print(timing_table([record]).splitlines()[6])
+        | gradcam | MONAI GradCAM, frozen weights (gradient through the input) | 6 | 2 |
+    """
     fmt = lambda v: "–" if v is None else f"{v:.3g}"  # noqa: E731 - local formatter
-    rows = ([r.get("backbone", "?"), "×".join(str(s) for s in r["size"]), str(r["batch"]), r["device"],
-             *(fmt(r["maps_per_s"].get(m)) for m in methods), *(fmt(r["ratios"].get(k)) for k in ratios)]
-            for r in records)
-    return "\n".join(markdown_table(["backbone", "size", "batch", "device", *methods, *ratios], rows))
+    blocks = []
+    for record in records:
+        rates, ours = record["maps_per_s"], record["maps_per_s"].get("ours")
+        caption = (f"{record.get('backbone', '?')} {'×'.join(str(s) for s in record['size'])}, batch "
+                   f"{record['batch']}, {record['device']}")
+        rows = ([name, what, fmt(rates.get(name)), fmt(ours / rates[name] if ours and rates.get(name) else None)]
+                for name, what in TIMING_METHODS.items())
+        header = ["method", "what runs", "maps/s", "ours ÷ method"]
+        blocks.append("\n".join([caption, "", *markdown_table(header, rows)]))
+    return "\n\n".join(blocks)
