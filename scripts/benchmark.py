@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> dict:
 
     iterative_record = None
     if args.iterative_images > 0:
-        loss = CounterfactualLoss(classifier, marginalizer, delta=args.delta)
+        loss = CounterfactualLoss(classifier, marginalizer, delta=args.delta, threshold=args.threshold)
         method = IterativeCounterfactual(loss, max_iterations=args.iterative_max_iterations)
         targets = images[: args.iterative_images]
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -233,6 +233,8 @@ def run(args: argparse.Namespace) -> dict:
         iterative_record = {
             "images": len(targets),
             "max_iterations": args.iterative_max_iterations,
+            "delta": args.delta,
+            "threshold": args.threshold,
             "seconds_per_map": elapsed / len(targets),
             "cpu_seconds_per_map": elapsed_cpu / len(targets),
             "runs": method.last_runs,
@@ -295,7 +297,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--iterative-images", type=int, default=2, help="0 skips the iterative method")
     parser.add_argument("--iterative-max-iterations", type=int, default=300)
-    parser.add_argument("--delta", type=float, default=0.1, help="area limit δ of the iterative method's loss")
+    parser.add_argument("--delta", type=float, default=0.1, help="area limit δ of the iterative method's loss; "
+                        "with trained checkpoints the attributor's (models/classifier_fingerprint.json)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="θ of the iterative method's loss and flip "
+                        "criterion; with trained checkpoints the attributor's classification_threshold")
     args = parser.parse_args(argv)
     problems = [
         f"--batch must be >= 1, got {args.batch}" if args.batch < 1 else "",
@@ -308,6 +313,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"--iterative-max-iterations must be >= 1, got {args.iterative_max_iterations}"
         if args.iterative_max_iterations < 1 else "",
         f"--delta must be in (0, 1], got {args.delta}" if not 0 < args.delta <= 1 else "",
+        f"--threshold must be in (0, 1), got {args.threshold}" if not 0 < args.threshold < 1 else "",
         f"--inpainter-levels must be >= 1, got {args.inpainter_levels}"
         if args.inpainter_levels is not None and args.inpainter_levels < 1 else "",
         f"--width-mult must be > 0, got {args.width_mult}" if args.width_mult <= 0 else "",

@@ -45,6 +45,21 @@ def test_tiny_run_writes_the_documented_json(benchmark, tmp_path, capsys):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_iterative_loss_takes_the_given_threshold_and_delta(benchmark, tmp_path, monkeypatch):
+    made = []
+    original = benchmark.CounterfactualLoss
+
+    def recording_loss(*args, **kwargs):
+        made.append(original(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(benchmark, "CounterfactualLoss", recording_loss)
+    result = benchmark.main([*TINY, "--iterative-images", "1", "--threshold", "0.3", "--delta", "0.05",
+                             "--out", str(tmp_path / "b.json")])
+    assert (made[0].threshold, made[0].delta) == (0.3, 0.05)
+    assert (result["iterative"]["threshold"], result["iterative"]["delta"]) == (0.3, 0.05)
+
+
 def test_iterative_can_be_skipped_and_checkpoints_are_loaded(benchmark, tmp_path):
     ckpt = tmp_path / "classifier.pt"
     torch.save(MobileNetV1(width_mult=0.25).state_dict(), ckpt)
@@ -78,7 +93,8 @@ def test_bad_checkpoints_name_the_option(benchmark, tmp_path, extra, error, matc
         ["--backbone", "densenet121", "--size", "64", "--out", "x.json"],
         *[["--backbone", "densenet121", "--size", "64", "64", "--out", "x.json", flag, value] for flag, value in (
             ("--warmup", "-3"), ("--threads", "-2"), ("--threads", "0"), ("--iterative-images", "-1"),
-            ("--iterative-max-iterations", "0"), ("--delta", "5"), ("--delta", "0"), ("--inpainter-levels", "0"),
+            ("--iterative-max-iterations", "0"), ("--delta", "5"), ("--delta", "0"),
+            ("--threshold", "0"), ("--threshold", "1"), ("--inpainter-levels", "0"),
             ("--width-mult", "0"), ("--passes", "0"),
         )],
     ],
