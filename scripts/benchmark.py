@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import DenseNet121
+from monai.networks.nets import DenseNet, DenseNet121
 from monai.visualize import GradCAM
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -62,7 +62,7 @@ from cfattr_monai.explain.baselines import (
     gradcam_target_layer,
     saliency_batched,
 )
-from cfattr_monai.explain.counterfactual import CounterfactualExplainer
+from cfattr_monai.explain.counterfactual import CounterfactualExplainer, load_explainer, read_recorded
 from cfattr_monai.losses.attribution import CounterfactualLoss
 from cfattr_monai.networks.attribution import AttentionGatedUNet
 from cfattr_monai.networks.inpainter import PartialConvUNet
@@ -110,6 +110,43 @@ def load_weights(network: nn.Module, path: str | None, option: str, ignore_prefi
     return path
 
 
+def random_or_checkpoint_networks(args: argparse.Namespace, device: torch.device) -> tuple:
+    """Classifier, inpainter, attributor (random weights unless ``--*-ckpt``), π and the weights' sources."""
+    classifier = build_classifier(args.backbone, args.width_mult)
+    levels = BACKBONES[args.backbone][1] if args.inpainter_levels is None else args.inpainter_levels
+    inpainter = PartialConvUNet(num_levels=levels)
+    weights = {
+        "classifier": load_weights(classifier, args.classifier_ckpt, "--classifier-ckpt"),
+        "inpainter": load_weights(inpainter, args.inpainter_ckpt, "--inpainter-ckpt"),
+    }
+    classifier = classifier.to(device).eval().requires_grad_(False)
+    inpainter = inpainter.to(device).eval().requires_grad_(False)
+    attributor = AttentionGatedUNet(classifier, compact=SmoothMaxCompact())
+    weights["attributor"] = load_weights(
+        attributor, args.attributor_ckpt, "--attributor-ckpt", ("classifier.", "encoder.")
+    )
+    return classifier, inpainter, attributor.to(device).eval(), InpaintMarginalizer(inpainter), weights, {}
+
+
+def bundle_networks(args: argparse.Namespace, device: torch.device) -> tuple:
+    """The trained networks and π of ``--attributor-bundle`` (``load_explainer``), and the θ and δ its training
+    recorded (``classifier_fingerprint.json``), the iterative method's defaults."""
+    explainer = load_explainer(args.attributor_bundle, args.overlays, args.checkpoint, device)
+    expected = DenseNet if args.backbone == "densenet121" else MobileNetV1
+    if not isinstance(explainer.classifier, expected):
+        raise ValueError(
+            f"--attributor-bundle {args.attributor_bundle}: its classifier is a {type(explainer.classifier).__name__}, "
+            f"not the --backbone {args.backbone}'s {expected.__name__}; pass the bundle's backbone."
+        )
+    ckpt_dir = (Path(args.attributor_bundle) / args.checkpoint).parent
+    recorded = {key: read_recorded(ckpt_dir, name) for key, name in (("threshold", "classification_threshold"),
+                                                                     ("delta", "delta"))}
+    inpainter = explainer.marginalizer.inpainter
+    source = str(Path(args.attributor_bundle) / args.checkpoint)
+    weights = {"classifier": source, "inpainter": source, "attributor": source, "overlays": list(args.overlays)}
+    return explainer.classifier, inpainter, explainer.attributor, explainer.marginalizer, weights, recorded
+
+
 def phantom_batch(kind: str, size: tuple[int, int], batch: int, seed: int = 0) -> torch.Tensor:
     """``batch`` lesion phantoms of ``kind`` resized to ``size``, (B, 1, H, W) in [0, 1]."""
     images = [generate_phantom(kind, max(size), np.random.default_rng([seed, i]), label=1)["image"] for i in range(batch)]
@@ -153,20 +190,11 @@ def device_name(device: torch.device) -> str:
 def run(args: argparse.Namespace) -> dict:
     """Build the networks, time every method, return the result record."""
     device = torch.device(args.device)
-    kind, default_levels = BACKBONES[args.backbone]
+    kind = BACKBONES[args.backbone][0]
     size = tuple(args.size)
-    classifier = build_classifier(args.backbone, args.width_mult)
-    levels = default_levels if args.inpainter_levels is None else args.inpainter_levels
-    inpainter = PartialConvUNet(num_levels=levels)
-    weights = {
-        "classifier": load_weights(classifier, args.classifier_ckpt, "--classifier-ckpt"),
-        "inpainter": load_weights(inpainter, args.inpainter_ckpt, "--inpainter-ckpt"),
-    }
-    classifier = classifier.to(device).eval().requires_grad_(False)
-    inpainter = inpainter.to(device).eval().requires_grad_(False)
-    attributor = AttentionGatedUNet(classifier, compact=SmoothMaxCompact())
-    weights["attributor"] = load_weights(attributor, args.attributor_ckpt, "--attributor-ckpt", ("classifier.", "encoder."))
-    attributor = attributor.to(device).eval()
+    classifier, inpainter, attributor, marginalizer, weights, recorded = (
+        bundle_networks(args, device) if args.attributor_bundle else random_or_checkpoint_networks(args, device)
+    )
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     for network in (classifier, inpainter, attributor):
         network.to(memory_format=memory_format)
@@ -175,7 +203,6 @@ def run(args: argparse.Namespace) -> dict:
     # --compile applies to the plain forward/backward paths; MONAI's hook-based GradCAM/VanillaGrad stay eager
     fast_classifier = torch.compile(classifier) if args.compile else classifier
     fast_attributor = torch.compile(attributor) if args.compile else attributor
-    marginalizer = InpaintMarginalizer(inpainter)
     explainer = CounterfactualExplainer(fast_attributor, fast_classifier, marginalizer).eval()
     # copies with the same weights, made before MONAI's hooks are registered on the classifier
     trainable, head_only = copy.deepcopy(classifier).requires_grad_(True), copy.deepcopy(classifier)
@@ -222,7 +249,9 @@ def run(args: argparse.Namespace) -> dict:
 
     iterative_record = None
     if args.iterative_images > 0:
-        loss = CounterfactualLoss(classifier, marginalizer, delta=args.delta, threshold=args.threshold)
+        threshold = args.threshold or recorded.get("threshold") or 0.5
+        delta = args.delta or recorded.get("delta") or 0.1
+        loss = CounterfactualLoss(classifier, marginalizer, delta=delta, threshold=threshold)
         method = IterativeCounterfactual(loss, max_iterations=args.iterative_max_iterations)
         targets = images[: args.iterative_images]
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -233,8 +262,8 @@ def run(args: argparse.Namespace) -> dict:
         iterative_record = {
             "images": len(targets),
             "max_iterations": args.iterative_max_iterations,
-            "delta": args.delta,
-            "threshold": args.threshold,
+            "delta": delta,
+            "threshold": threshold,
             "seconds_per_map": elapsed / len(targets),
             "cpu_seconds_per_map": elapsed_cpu / len(targets),
             "runs": method.last_runs,
@@ -259,7 +288,8 @@ def run(args: argparse.Namespace) -> dict:
         "cpu_seconds_per_batch": cpu_seconds,
         "iterative": iterative_record,
         "settings": {
-            "weights": weights, "width_mult": args.width_mult, "inpainter_levels": levels,
+            "weights": weights, "width_mult": None if args.attributor_bundle else args.width_mult,
+            "inpainter_levels": inpainter.num_levels,
             "channels_last": args.channels_last, "amp_bf16": args.amp, "compile": args.compile,
             "repeats": args.repeats, "passes": args.passes, "warmup": warmup, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -297,10 +327,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--iterative-images", type=int, default=2, help="0 skips the iterative method")
     parser.add_argument("--iterative-max-iterations", type=int, default=300)
-    parser.add_argument("--delta", type=float, default=0.1, help="area limit δ of the iterative method's loss; "
-                        "with trained checkpoints the attributor's (models/classifier_fingerprint.json)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="θ of the iterative method's loss and flip "
-                        "criterion; with trained checkpoints the attributor's classification_threshold")
+    parser.add_argument("--attributor-bundle", help="time a trained attributor bundle (its classifier, inpainter, "
+                        "attributor and π, as load_explainer builds them) instead of the networks above")
+    parser.add_argument("--overlays", nargs="*", default=[], help="the attributor bundle's config overlays")
+    parser.add_argument("--checkpoint", default="models/model.pt", help="the attributor bundle's model.pt")
+    parser.add_argument("--delta", type=float, help="area limit δ of the iterative method's loss (default: the "
+                        "--attributor-bundle's recorded δ, else 0.1)")
+    parser.add_argument("--threshold", type=float, help="θ of the iterative method's loss and flip criterion "
+                        "(default: the --attributor-bundle's recorded θ, else 0.5)")
     args = parser.parse_args(argv)
     problems = [
         f"--batch must be >= 1, got {args.batch}" if args.batch < 1 else "",
@@ -312,8 +346,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"--iterative-images must be >= 0, got {args.iterative_images}" if args.iterative_images < 0 else "",
         f"--iterative-max-iterations must be >= 1, got {args.iterative_max_iterations}"
         if args.iterative_max_iterations < 1 else "",
-        f"--delta must be in (0, 1], got {args.delta}" if not 0 < args.delta <= 1 else "",
-        f"--threshold must be in (0, 1), got {args.threshold}" if not 0 < args.threshold < 1 else "",
+        f"--delta must be in (0, 1], got {args.delta}" if args.delta is not None and not 0 < args.delta <= 1 else "",
+        f"--threshold must be in (0, 1), got {args.threshold}"
+        if args.threshold is not None and not 0 < args.threshold < 1 else "",
         f"--inpainter-levels must be >= 1, got {args.inpainter_levels}"
         if args.inpainter_levels is not None and args.inpainter_levels < 1 else "",
         f"--width-mult must be > 0, got {args.width_mult}" if args.width_mult <= 0 else "",

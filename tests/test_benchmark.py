@@ -60,6 +60,54 @@ def test_iterative_loss_takes_the_given_threshold_and_delta(benchmark, tmp_path,
     assert (result["iterative"]["threshold"], result["iterative"]["delta"]) == (0.3, 0.05)
 
 
+@pytest.fixture
+def tiny_bundle(benchmark, tmp_path, monkeypatch):
+    """An attributor bundle folder with a recorded θ and δ, whose ``load_explainer`` returns tiny networks."""
+    from cfattr_monai.explain.counterfactual import CounterfactualExplainer
+    from cfattr_monai.networks.attribution import AttentionGatedUNet
+    from cfattr_monai.networks.inpainter import PartialConvUNet
+    from cfattr_monai.transforms.marginalize import InpaintMarginalizer
+
+    (tmp_path / "bundle" / "models").mkdir(parents=True)
+    record = {"sha256": "x", "classification_threshold": 0.3, "delta": 0.05}
+    (tmp_path / "bundle" / "models" / "classifier_fingerprint.json").write_text(json.dumps(record))
+    calls = []
+
+    def load_explainer(bundle, overlays, checkpoint, device):
+        calls.append((bundle, overlays, checkpoint))
+        classifier = MobileNetV1(width_mult=0.25).eval().requires_grad_(False)
+        inpainter = PartialConvUNet(num_levels=3).eval().requires_grad_(False)
+        attributor = AttentionGatedUNet(classifier).eval()
+        return CounterfactualExplainer(attributor, classifier, InpaintMarginalizer(inpainter))
+
+    monkeypatch.setattr(benchmark, "load_explainer", load_explainer)
+    return tmp_path / "bundle", calls
+
+
+@pytest.mark.parametrize(
+    "extra,threshold,delta", [([], 0.3, 0.05), (["--threshold", "0.4", "--delta", "0.2"], 0.4, 0.2)]
+)
+def test_an_attributor_bundle_is_timed_with_its_recorded_threshold_and_delta(
+    benchmark, tiny_bundle, extra, threshold, delta
+):
+    bundle, calls = tiny_bundle
+    result = benchmark.main([*TINY, "--iterative-images", "1", "--attributor-bundle", str(bundle), "--overlays",
+                             "configs/a.json", *extra, "--out", str(bundle / "b.json")])
+    assert calls == [(str(bundle), ["configs/a.json"], "models/model.pt")]
+    assert (result["iterative"]["threshold"], result["iterative"]["delta"]) == (threshold, delta)
+    assert result["settings"]["weights"]["attributor"] == str(bundle / "models" / "model.pt")
+    assert result["settings"]["inpainter_levels"] == 3
+
+
+def test_an_attributor_bundle_of_another_backbone_is_refused(benchmark, tiny_bundle):
+    bundle, _ = tiny_bundle
+    argv = [*TINY, "--iterative-images", "0", "--attributor-bundle", str(bundle), "--out", str(bundle / "b.json")]
+    argv[argv.index("mobilenet_v1")] = "densenet121"
+    with pytest.raises(ValueError, match="not the --backbone densenet121's DenseNet"):
+        benchmark.main(argv)
+    assert not (bundle / "b.json").exists()
+
+
 def test_iterative_can_be_skipped_and_checkpoints_are_loaded(benchmark, tmp_path):
     ckpt = tmp_path / "classifier.pt"
     torch.save(MobileNetV1(width_mult=0.25).state_dict(), ckpt)
