@@ -23,7 +23,8 @@ the median of ``--repeats`` calls in each of ``--passes`` passes over all method
 
 Without checkpoints every network has random weights (so the script runs on a fresh clone); the timings depend on
 the architectures only, except the iterative method's iteration count, which depends on when it converges. The
-input batch is phantom images of the backbone's task (mammography for MobileNet v1, chest X-ray for DenseNet-121).
+input batch is phantom images of the backbone's task (mammography for MobileNet v1, chest X-ray for DenseNet-121;
+``--phantoms`` picks another, e.g. for a chest-phantom bundle on MobileNet v1).
 
 Example:
     python scripts/benchmark.py --backbone densenet121 --size 256 256 --batch 8 --out bench.json
@@ -190,7 +191,7 @@ def device_name(device: torch.device) -> str:
 def run(args: argparse.Namespace) -> dict:
     """Build the networks, time every method, return the result record."""
     device = torch.device(args.device)
-    kind = BACKBONES[args.backbone][0]
+    kind = args.phantoms or BACKBONES[args.backbone][0]
     size = tuple(args.size)
     classifier, inpainter, attributor, marginalizer, weights, recorded = (
         bundle_networks(args, device) if args.attributor_bundle else random_or_checkpoint_networks(args, device)
@@ -289,7 +290,7 @@ def run(args: argparse.Namespace) -> dict:
         "iterative": iterative_record,
         "settings": {
             "weights": weights, "width_mult": None if args.attributor_bundle else args.width_mult,
-            "inpainter_levels": inpainter.num_levels,
+            "inpainter_levels": inpainter.num_levels, "phantoms": kind,
             "channels_last": args.channels_last, "amp_bf16": args.amp, "compile": args.compile,
             "repeats": args.repeats, "passes": args.passes, "warmup": warmup, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -330,6 +331,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attributor-bundle", help="time a trained attributor bundle (its classifier, inpainter, "
                         "attributor and π, as load_explainer builds them) instead of the networks above")
     parser.add_argument("--overlays", nargs="*", default=[], help="the attributor bundle's config overlays")
+    parser.add_argument("--phantoms", choices=("mammo", "chest"), help="the input batch's phantom task (default: "
+                        "the backbone's, mammo for mobilenet_v1, chest for densenet121); give the bundle's task")
     parser.add_argument("--checkpoint", default="models/model.pt", help="the attributor bundle's model.pt")
     parser.add_argument("--delta", type=float, help="area limit δ of the iterative method's loss (default: the "
                         "--attributor-bundle's recorded δ, else 0.1)")

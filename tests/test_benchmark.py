@@ -99,6 +99,15 @@ def test_an_attributor_bundle_is_timed_with_its_recorded_threshold_and_delta(
     assert result["settings"]["inpainter_levels"] == 3
 
 
+@pytest.mark.parametrize("extra,kind", [([], "mammo"), (["--phantoms", "chest"], "chest")])
+def test_the_input_phantoms_follow_the_backbone_unless_given(benchmark, tmp_path, monkeypatch, extra, kind):
+    kinds = []
+    original = benchmark.phantom_batch
+    monkeypatch.setattr(benchmark, "phantom_batch", lambda k, *a, **kw: kinds.append(k) or original(k, *a, **kw))
+    result = benchmark.main([*TINY, "--iterative-images", "0", *extra, "--out", str(tmp_path / "b.json")])
+    assert kinds == [kind] and result["settings"]["phantoms"] == kind
+
+
 def test_an_attributor_bundle_of_another_backbone_is_refused(benchmark, tiny_bundle):
     bundle, _ = tiny_bundle
     argv = [*TINY, "--iterative-images", "0", "--attributor-bundle", str(bundle), "--out", str(bundle / "b.json")]
