@@ -22,12 +22,15 @@ the median of ``--repeats`` calls in each of ``--passes`` passes over all method
 ===========================  ===================================================================================
 
 Without checkpoints every network has random weights (so the script runs on a fresh clone); the timings depend on
-the architectures only, except the iterative method's iteration count, which depends on when it converges. The
+the architectures only, except the iterative method's iteration count, which depends on when it converges (with
+random weights early: p(c|I) hardly depends on the image). ``--attributor-bundle`` times a trained bundle. The
 input batch is phantom images of the backbone's task (mammography for MobileNet v1, chest X-ray for DenseNet-121;
 ``--phantoms`` picks another, e.g. for a chest-phantom bundle on MobileNet v1).
 
 Example:
     python scripts/benchmark.py --backbone densenet121 --size 256 256 --batch 8 --out bench.json
+    python scripts/benchmark.py --backbone mobilenet_v1 --size 128 128 --attributor-bundle bundles/attributor \
+        --out demo_bundle.json
 """
 
 from __future__ import annotations
