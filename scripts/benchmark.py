@@ -145,9 +145,9 @@ def bundle_networks(args: argparse.Namespace, device: torch.device) -> tuple:
     ckpt_dir = (Path(args.attributor_bundle) / args.checkpoint).parent
     recorded = {key: read_recorded(ckpt_dir, name) for key, name in (("threshold", "classification_threshold"),
                                                                      ("delta", "delta"))}
-    inpainter = explainer.marginalizer.inpainter
-    source = str(Path(args.attributor_bundle) / args.checkpoint)
-    weights = {"classifier": source, "inpainter": source, "attributor": source, "overlays": list(args.overlays)}
+    inpainter = getattr(explainer.marginalizer, "inpainter", None)  # None: the bundle's π is not an inpainter
+    weights = {"attributor_bundle": args.attributor_bundle, "overlays": list(args.overlays),
+               "checkpoint": args.checkpoint}
     return explainer.classifier, inpainter, explainer.attributor, explainer.marginalizer, weights, recorded
 
 
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> dict:
         bundle_networks(args, device) if args.attributor_bundle else random_or_checkpoint_networks(args, device)
     )
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    for network in (classifier, inpainter, attributor):
+    for network in filter(None, (classifier, inpainter, attributor)):
         network.to(memory_format=memory_format)
     images = phantom_batch(kind, size, args.batch).to(device).contiguous(memory_format=memory_format)
 
@@ -293,7 +293,7 @@ def run(args: argparse.Namespace) -> dict:
         "iterative": iterative_record,
         "settings": {
             "weights": weights, "width_mult": None if args.attributor_bundle else args.width_mult,
-            "inpainter_levels": inpainter.num_levels, "phantoms": kind,
+            "inpainter_levels": getattr(inpainter, "num_levels", None), "phantoms": kind,
             "channels_last": args.channels_last, "amp_bf16": args.amp, "compile": args.compile,
             "repeats": args.repeats, "passes": args.passes, "warmup": warmup, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

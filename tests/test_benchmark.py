@@ -95,7 +95,8 @@ def test_an_attributor_bundle_is_timed_with_its_recorded_threshold_and_delta(
                              "configs/a.json", *extra, "--out", str(bundle / "b.json")])
     assert calls == [(str(bundle), ["configs/a.json"], "models/model.pt")]
     assert (result["iterative"]["threshold"], result["iterative"]["delta"]) == (threshold, delta)
-    assert result["settings"]["weights"]["attributor"] == str(bundle / "models" / "model.pt")
+    assert result["settings"]["weights"] == {"attributor_bundle": str(bundle), "overlays": ["configs/a.json"],
+                                             "checkpoint": "models/model.pt"}
     assert result["settings"]["inpainter_levels"] == 3
 
 
