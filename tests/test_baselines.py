@@ -80,8 +80,10 @@ def test_batched_saliency_equals_monai_vanillagrad_image_by_image():
     [
         (lambda: MobileNetV1(width_mult=0.25), (64, 48)),
         (lambda: DenseNet121(spatial_dims=2, in_channels=1, out_channels=1, init_features=8, growth_rate=4), (64, 64)),
+        (lambda: DenseNet121(spatial_dims=3, in_channels=1, out_channels=1, init_features=4, growth_rate=2),
+         (32, 32, 32)),
     ],
-    ids=["mobilenet_v1", "densenet121"],
+    ids=["mobilenet_v1", "densenet121", "densenet121_3d"],
 )
 def test_head_only_gradcam_equals_monai_gradcam_and_computes_no_weight_gradients(build, size, frozen):
     torch.manual_seed(0)

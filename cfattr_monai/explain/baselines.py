@@ -173,11 +173,11 @@ def gradcam_head_only(classifier: nn.Module, images: torch.Tensor, target_layer:
 
     Args:
         classifier: binary classifier, output (B, 1) or (B, 2), in eval mode; frozen weights allowed.
-        images: (B, C, H, W).
+        images: (B, C, H, W) or (B, C, D, H, W).
         target_layer: name of the activation; default from :func:`gradcam_target_layer`.
 
     Returns:
-        maps (B, 1, H, W) in [0, 1], bilinearly upsampled to the image as MONAI does.
+        maps (B, 1, *spatial) in [0, 1], bi- or trilinearly upsampled to the image as MONAI does.
     """
     name = gradcam_target_layer(classifier) if target_layer is None else target_layer
     modules = dict(classifier.named_modules())
@@ -200,8 +200,10 @@ def gradcam_head_only(classifier: nn.Module, images: torch.Tensor, target_layer:
     finally:
         handle.remove()
     activation = captured[-1].detach()
-    cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1, keepdim=True))
-    return normalize_per_image(F.interpolate(cam, size=images.shape[2:], mode="bilinear", align_corners=False))
+    spatial = tuple(range(2, grad.ndim))
+    cam = F.relu((grad.mean(dim=spatial, keepdim=True) * activation).sum(dim=1, keepdim=True))
+    mode = "bilinear" if len(spatial) == 2 else "trilinear"
+    return normalize_per_image(F.interpolate(cam, size=images.shape[2:], mode=mode, align_corners=False))
 
 
 class IterativeCounterfactual:
