@@ -275,10 +275,9 @@ def run(args: argparse.Namespace) -> dict:
         maps_per_s["iterative"] = None
 
     ours = maps_per_s["ours"]
-    peers = {"gradcam": "gradcam", "gradcam_trainable": "gradcam_trainable", "gradcam_head_only": "gradcam_head_only",
-             "saliency": "saliency", "saliency_batched": "saliency_batched", "iterative": "iterative",
-             "forward": "classifier_forward"}
-    ratios = {f"ours_vs_{key}": (ours / maps_per_s[name] if maps_per_s[name] else None) for key, name in peers.items()}
+    # ours ÷ every baseline (METHODS after ours and ours_with_counterfactual); the forward pass's key is "forward"
+    ratios = {f"ours_vs_{name.removeprefix('classifier_')}": (ours / maps_per_s[name] if maps_per_s[name] else None)
+              for name in METHODS[2:]}
     return {
         "device": device_name(device),
         "backbone": args.backbone,

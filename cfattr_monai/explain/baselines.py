@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import DenseNet, EfficientNet, ResNet
 from monai.visualize import GradCAM, VanillaGrad
+from monai.visualize.class_activation_maps import default_upsampler
 from torch import nn
 
 from cfattr_monai.networks.classifier_output import pathology_logit
@@ -58,12 +59,21 @@ GRADCAM_TARGET_LAYERS: dict[type[nn.Module], str] = {
 PATHOLOGY_INDEX = 0
 
 
-def gradcam_target_layer(classifier: nn.Module) -> str:
-    """The name of the Grad-CAM target layer of ``classifier`` from :data:`GRADCAM_TARGET_LAYERS`.
+def gradcam_target_layer(classifier: nn.Module, target_layer: str | None = None) -> str:
+    """The name of the Grad-CAM target layer of ``classifier``: ``target_layer`` when given, checked to be a module
+    of it, else the backbone's from :data:`GRADCAM_TARGET_LAYERS`.
 
     Raises:
-        TypeError: the backbone is not in the table.
+        ValueError: ``target_layer`` is not a module of ``classifier``.
+        TypeError: no ``target_layer`` given and the backbone is not in the table.
     """
+    if target_layer is not None:
+        if target_layer not in dict(classifier.named_modules()):
+            raise ValueError(
+                f"target_layer {target_layer!r} is not a module of {type(classifier).__qualname__}; pick one from "
+                "classifier.named_modules()."
+            )
+        return target_layer
     for cls, layer in GRADCAM_TARGET_LAYERS.items():
         if isinstance(classifier, cls):
             return layer
@@ -103,12 +113,7 @@ class GradCAMBaseline:
     """
 
     def __init__(self, classifier: nn.Module, target_layer: str | None = None) -> None:
-        self.target_layer = gradcam_target_layer(classifier) if target_layer is None else target_layer
-        if self.target_layer not in dict(classifier.named_modules()):
-            raise ValueError(
-                f"GradCAMBaseline: target_layer {self.target_layer!r} is not a module of "
-                f"{type(classifier).__qualname__}; pick one from classifier.named_modules()."
-            )
+        self.target_layer = gradcam_target_layer(classifier, target_layer)
         # MONAI's default post-processing maps (min, max) to (1, 0); attribution maps keep 1 = most attributed.
         self.cam = GradCAM(nn_module=classifier, target_layers=self.target_layer, postprocessing=normalize_per_image)
 
@@ -179,20 +184,14 @@ def gradcam_head_only(classifier: nn.Module, images: torch.Tensor, target_layer:
     Returns:
         maps (B, 1, *spatial) in [0, 1], bi- or trilinearly upsampled to the image as MONAI does.
     """
-    name = gradcam_target_layer(classifier) if target_layer is None else target_layer
-    modules = dict(classifier.named_modules())
-    if name not in modules:
-        raise ValueError(
-            f"gradcam_head_only: target_layer {name!r} is not a module of {type(classifier).__qualname__}; "
-            "pick one from classifier.named_modules()."
-        )
+    layer = classifier.get_submodule(gradcam_target_layer(classifier, target_layer))
     captured: list[torch.Tensor] = []
 
     def leaf_activation(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
         captured.append(output.detach().requires_grad_(True))
         return captured[-1]
 
-    handle = modules[name].register_forward_hook(leaf_activation)
+    handle = layer.register_forward_hook(leaf_activation)
     try:
         with torch.inference_mode(False), torch.enable_grad():
             logit = pathology_logit(classifier(images.detach().clone()))
@@ -200,10 +199,8 @@ def gradcam_head_only(classifier: nn.Module, images: torch.Tensor, target_layer:
     finally:
         handle.remove()
     activation = captured[-1].detach()
-    spatial = tuple(range(2, grad.ndim))
-    cam = F.relu((grad.mean(dim=spatial, keepdim=True) * activation).sum(dim=1, keepdim=True))
-    mode = "bilinear" if len(spatial) == 2 else "trilinear"
-    return normalize_per_image(F.interpolate(cam, size=images.shape[2:], mode=mode, align_corners=False))
+    cam = F.relu((grad.mean(dim=tuple(range(2, grad.ndim)), keepdim=True) * activation).sum(dim=1, keepdim=True))
+    return normalize_per_image(default_upsampler(images.shape[2:])(cam))
 
 
 class IterativeCounterfactual:
