@@ -23,14 +23,19 @@ the median of ``--repeats`` calls in each of ``--passes`` passes over all method
 
 Without checkpoints every network has random weights (so the script runs on a fresh clone); the timings depend on
 the architectures only, except the iterative method's iteration count, which depends on when it converges (with
-random weights early: p(c|I) hardly depends on the image). ``--attributor-bundle`` times a trained bundle. The
-input batch is phantom images of the backbone's task (mammography for MobileNet v1, chest X-ray for DenseNet-121;
-``--phantoms`` picks another, e.g. for a chest-phantom bundle on MobileNet v1).
+random weights early: p(c|I) hardly depends on the image). ``--attributor-bundle`` times a trained bundle;
+``--classifier-ckpt`` with ``--inpainter-bundle`` gives the iterative method a trained classifier and π without an
+attributor trained on them (ours' timing does not depend on its weights). The input batch is phantom images of the
+backbone's task (mammography for MobileNet v1, chest X-ray for DenseNet-121; ``--phantoms`` picks another, e.g. for
+a chest-phantom bundle on MobileNet v1).
 
 Example:
     python scripts/benchmark.py --backbone densenet121 --size 256 256 --batch 8 --out bench.json
     python scripts/benchmark.py --backbone mobilenet_v1 --size 128 128 --attributor-bundle bundles/attributor \
         --out demo_bundle.json
+    python scripts/benchmark.py --backbone densenet121 --size 256 256 --iterative-images 8 \
+        --classifier-ckpt bundles/classifier/models_chest_densenet121/model.pt \
+        --inpainter-bundle bundles/inpainter --inpainter-overlays configs/task_phantom_chest.json --out trained.json
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from monai.visualize import GradCAM
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cfattr_monai.bundle import read_state_dict
+from cfattr_monai.bundle import load_network, read_state_dict
 from cfattr_monai.data.phantoms import generate_phantom
 from cfattr_monai.explain.baselines import (
     PATHOLOGY_INDEX,
@@ -116,12 +121,14 @@ def load_weights(network: nn.Module, path: str | None, option: str, ignore_prefi
 def random_or_checkpoint_networks(args: argparse.Namespace, device: torch.device) -> tuple:
     """Classifier, inpainter, attributor (random weights unless ``--*-ckpt``), π and the weights' sources."""
     classifier = build_classifier(args.backbone, args.width_mult)
-    levels = BACKBONES[args.backbone][1] if args.inpainter_levels is None else args.inpainter_levels
-    inpainter = PartialConvUNet(num_levels=levels)
-    weights = {
-        "classifier": load_weights(classifier, args.classifier_ckpt, "--classifier-ckpt"),
-        "inpainter": load_weights(inpainter, args.inpainter_ckpt, "--inpainter-ckpt"),
-    }
+    weights = {"classifier": load_weights(classifier, args.classifier_ckpt, "--classifier-ckpt")}
+    if args.inpainter_bundle:
+        inpainter = load_network(args.inpainter_bundle, args.inpainter_overlays, device=device)
+        weights["inpainter"] = {"bundle": args.inpainter_bundle, "overlays": list(args.inpainter_overlays)}
+    else:
+        levels = BACKBONES[args.backbone][1] if args.inpainter_levels is None else args.inpainter_levels
+        inpainter = PartialConvUNet(num_levels=levels)
+        weights["inpainter"] = load_weights(inpainter, args.inpainter_ckpt, "--inpainter-ckpt")
     classifier = classifier.to(device).eval().requires_grad_(False)
     inpainter = inpainter.to(device).eval().requires_grad_(False)
     attributor = AttentionGatedUNet(classifier, compact=SmoothMaxCompact())
@@ -152,7 +159,8 @@ def bundle_networks(args: argparse.Namespace, device: torch.device) -> tuple:
 
 def phantom_batch(kind: str, size: tuple[int, int], batch: int, seed: int = 0) -> torch.Tensor:
     """``batch`` lesion phantoms of ``kind`` resized to ``size``, (B, 1, H, W) in [0, 1]."""
-    images = [generate_phantom(kind, max(size), np.random.default_rng([seed, i]), label=1)["image"] for i in range(batch)]
+    rngs = [np.random.default_rng([seed, i]) for i in range(batch)]
+    images = [generate_phantom(kind, max(size), rng, label=1)["image"] for rng in rngs]
     return F.interpolate(torch.from_numpy(np.stack(images))[:, None], size=size, mode="bilinear", align_corners=False)
 
 
@@ -293,7 +301,8 @@ def run(args: argparse.Namespace) -> dict:
             "weights": weights, "width_mult": None if args.attributor_bundle else args.width_mult,
             "inpainter_levels": getattr(inpainter, "num_levels", None), "phantoms": kind,
             "channels_last": args.channels_last, "amp_bf16": args.amp, "compile": args.compile,
-            "repeats": args.repeats, "passes": args.passes, "warmup": warmup, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "repeats": args.repeats, "passes": args.passes, "warmup": warmup, "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         },
     }
@@ -318,9 +327,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inpainter-ckpt")
     parser.add_argument("--width-mult", type=float, default=1.0, help="MobileNet v1 width (paper 1.0, demo 0.5)")
     parser.add_argument("--inpainter-levels", type=int, help="default: 8 (mobilenet_v1), 7 (densenet121)")
+    parser.add_argument("--inpainter-bundle", help="the trained inpainter of this bundle (its network_def and "
+                        "model.pt, as load_network reads them) instead of --inpainter-ckpt/--inpainter-levels")
+    parser.add_argument("--inpainter-overlays", nargs="*", default=[],
+                        help="the inpainter bundle's config overlays")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile ours, the forward and saliency_batched "
-                        "(MobileNet v1; MONAI's DenseNet-121 recompiles every dense layer and overran 110 s on an H200)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile ours, the forward and "
+                        "saliency_batched (MobileNet v1; MONAI's DenseNet-121 recompiles every dense layer and "
+                        "overran 110 s on an H200)")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast for every method")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=3)
@@ -356,6 +370,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"--inpainter-levels must be >= 1, got {args.inpainter_levels}"
         if args.inpainter_levels is not None and args.inpainter_levels < 1 else "",
         f"--width-mult must be > 0, got {args.width_mult}" if args.width_mult <= 0 else "",
+        "--inpainter-bundle replaces --inpainter-ckpt and --inpainter-levels: give one or the other"
+        if args.inpainter_bundle and (args.inpainter_ckpt or args.inpainter_levels) else "",
+        "--attributor-bundle brings its own inpainter: drop --inpainter-bundle"
+        if args.inpainter_bundle and args.attributor_bundle else "",
         "--device cuda requested but torch.cuda.is_available() is False" if args.device == "cuda"
         and not torch.cuda.is_available() else "",
     ]

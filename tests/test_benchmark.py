@@ -127,6 +127,27 @@ def test_iterative_can_be_skipped_and_checkpoints_are_loaded(benchmark, tmp_path
     assert result["settings"]["weights"] == {"classifier": str(ckpt), "inpainter": "random", "attributor": "random"}
 
 
+def test_an_inpainter_bundle_gives_the_trained_inpainter(benchmark, tmp_path, monkeypatch):
+    from cfattr_monai.networks.inpainter import PartialConvUNet
+
+    calls = []
+
+    def load_network(bundle, overlays, device):
+        calls.append((bundle, overlays))
+        return PartialConvUNet(num_levels=2).eval().requires_grad_(False)
+
+    monkeypatch.setattr(benchmark, "load_network", load_network)
+    argv = [a for a in TINY if a not in ("--inpainter-levels", "3")]
+    result = benchmark.main([*argv, "--iterative-images", "1", "--inpainter-bundle", "bundles/inpainter",
+                             "--inpainter-overlays", "configs/task_phantom_chest.json",
+                             "--out", str(tmp_path / "b.json")])
+    assert calls == [("bundles/inpainter", ["configs/task_phantom_chest.json"])]
+    assert result["settings"]["inpainter_levels"] == 2
+    assert result["settings"]["weights"]["inpainter"] == {"bundle": "bundles/inpainter",
+                                                          "overlays": ["configs/task_phantom_chest.json"]}
+    assert result["maps_per_s"]["iterative"] > 0
+
+
 @pytest.mark.parametrize(
     "extra,error,match",
     [
@@ -155,6 +176,8 @@ def test_bad_checkpoints_name_the_option(benchmark, tmp_path, extra, error, matc
             ("--threshold", "0"), ("--threshold", "1"), ("--inpainter-levels", "0"),
             ("--width-mult", "0"), ("--passes", "0"),
         )],
+        *[["--backbone", "densenet121", "--size", "64", "64", "--out", "x.json", "--inpainter-bundle", "b", *extra]
+          for extra in (["--inpainter-ckpt", "i.pt"], ["--inpainter-levels", "3"], ["--attributor-bundle", "a"])],
     ],
 )
 def test_bad_arguments_exit_with_usage(benchmark, argv):
