@@ -23,7 +23,7 @@ from cfattr_monai.networks.mobilenet import MobileNetV1
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "classifier"
 SCHEMA = BUNDLE.parents[2] / "shared" / "monai" / "meta_schema_20240725.json"
-TASKS = ["task_mammo.json", "task_cxr.json", "task_phantom_chest.json"]
+TASKS = ["task_mammo.json", "task_cxr.json", "task_phantom_chest.json", "task_phantom_chest_densenet121.json"]
 TINY = {"phantoms": {"kind": "mammo", "n": 20, "size": 64, "seed": 0}, "image_size": [64, 64], "batch_size": 4}
 
 
@@ -88,6 +88,8 @@ def test_task_overlays_replace_known_top_level_keys(task):
         (["task_cxr.json"], "inference.json", DenseNet121, (256, 256), None),
         (["task_phantom_chest.json"], "train.json", MobileNetV1, (128, 128), 0.5),
         (["task_phantom_chest.json"], "inference.json", MobileNetV1, (128, 128), 0.5),
+        (["task_phantom_chest_densenet121.json"], "train.json", DenseNet121, (256, 256), None),
+        (["task_phantom_chest_densenet121.json"], "inference.json", DenseNet121, (256, 256), None),
     ],
 )
 def test_configured_network(overlays, config, expected_class, input_size, width):
