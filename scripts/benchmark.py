@@ -54,8 +54,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.networks.nets import DenseNet, DenseNet121
+from monai.transforms import Compose, Resize, ScaleIntensity
 from monai.visualize import GradCAM
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -158,10 +158,16 @@ def bundle_networks(args: argparse.Namespace, device: torch.device) -> tuple:
 
 
 def phantom_batch(kind: str, size: tuple[int, int], batch: int, seed: int = 0) -> torch.Tensor:
-    """``batch`` lesion phantoms of ``kind`` resized to ``size``, (B, 1, H, W) in [0, 1]."""
+    """``batch`` lesion phantoms of ``kind`` as the bundles feed them to their networks, (B, 1, H, W) in [0, 1].
+
+    The bundles' preprocessing on the stored 8-bit PNGs: ``LoadImaged`` reads them columns first (MONAI's
+    PILReader layout, the phantom transposed), then ``ScaleIntensityd`` to [0, 1] and ``Resized`` to ``size``. A
+    classifier trained by the classifier bundle sees in-distribution images only in this layout.
+    """
     rngs = [np.random.default_rng([seed, i]) for i in range(batch)]
-    images = [generate_phantom(kind, max(size), rng, label=1)["image"] for rng in rngs]
-    return F.interpolate(torch.from_numpy(np.stack(images))[:, None], size=size, mode="bilinear", align_corners=False)
+    stored = [np.round(generate_phantom(kind, max(size), rng, label=1)["image"] * 255.0) for rng in rngs]
+    preprocess = Compose([ScaleIntensity(minv=0.0, maxv=1.0), Resize(size, mode="bilinear", anti_aliasing=True)])
+    return torch.stack([preprocess(image.T[None].astype(np.float32)).as_tensor() for image in stored])
 
 
 def seconds_per_call(

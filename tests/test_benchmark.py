@@ -6,12 +6,18 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
 
+from cfattr_monai.data.datalist import save_png
+from cfattr_monai.data.phantoms import generate_phantom
 from cfattr_monai.networks.mobilenet import MobileNetV1
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 TINY = ["--backbone", "mobilenet_v1", "--width-mult", "0.25", "--size", "32", "32", "--batch", "2",
         "--inpainter-levels", "3", "--repeats", "1", "--warmup", "0", "--iterative-max-iterations", "2"]
 
@@ -107,6 +113,18 @@ def test_the_input_phantoms_follow_the_backbone_unless_given(benchmark, tmp_path
     monkeypatch.setattr(benchmark, "phantom_batch", lambda k, *a, **kw: kinds.append(k) or original(k, *a, **kw))
     result = benchmark.main([*TINY, "--iterative-images", "0", *extra, "--out", str(tmp_path / "b.json")])
     assert kinds == [kind] and result["settings"]["phantoms"] == kind
+
+
+@pytest.mark.parametrize("kind,size", [("chest", (40, 32)), ("mammo", (32, 48))])
+def test_the_input_phantoms_are_what_the_classifier_bundle_feeds_its_network(benchmark, tmp_path, kind, size):
+    image = generate_phantom(kind, max(size), np.random.default_rng([0, 0]), label=1)["image"]
+    save_png(np.round(image * 255.0).astype(np.uint8), tmp_path / "p.png")
+    parser = ConfigParser()
+    parser.read_config(BUNDLES / "classifier" / "configs" / "train.json")
+    parser["image_size"] = list(size)
+    preprocess = Compose(parser.get_parsed_content("preprocessing"))
+    expected = preprocess({"image": str(tmp_path / "p.png"), "label": 1})["image"]
+    torch.testing.assert_close(benchmark.phantom_batch(kind, size, 1)[0], expected.as_tensor(), atol=1e-5, rtol=0)
 
 
 def test_an_attributor_bundle_of_another_backbone_is_refused(benchmark, tiny_bundle):
