@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, run, verify_metadata
+from monai.networks.nets import DenseNet121
 from monai.transforms import Compose, LoadImage, ScaleIntensity
 from PIL import Image
 
@@ -74,7 +75,14 @@ def test_config_names_the_shared_keys(config):
         assert key in parser, f"{config} lacks `{key}`"
 
 
-@pytest.mark.parametrize("overlay,levels,size", [("configs/task_mammo.json", 8, [448, 576]), ("configs/task_cxr.json", 7, [256, 256])])
+@pytest.mark.parametrize(
+    "overlay,levels,size",
+    [
+        ("configs/task_mammo.json", 8, [448, 576]),
+        ("configs/task_cxr.json", 7, [256, 256]),
+        ("configs/task_phantom_chest_densenet121.json", 7, [256, 256]),
+    ],
+)
 def test_task_overlays_set_the_paper_architecture(overlay, levels, size):
     for config in ("train.json", "inference.json"):
         parser = ConfigParser()
@@ -130,6 +138,25 @@ def test_long_chest_overlay_trains_on_other_healthy_phantoms_and_evaluates_on_th
     assert parser.get_parsed_content("datalist") != chest.get_parsed_content("datalist")
     assert training["prevalence"] == 0.0 and training["seed"] != chest.get_parsed_content("phantoms")["seed"]
     for key, folder in (("ckpt_dir", "models_chest_long"), ("output_dir", "eval_chest_long")):
+        assert parser.get_parsed_content(key).endswith(folder), key
+
+
+def test_densenet121_chest_overlay_trains_on_its_classifiers_data_and_writes_elsewhere():
+    overlay = "task_phantom_chest_densenet121.json"
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / name) for name in ("train.json", overlay)])
+    parser["bundle_root"] = str(BUNDLE)
+    classifier_root = BUNDLE.parent / "classifier"
+    classifier = ConfigParser()
+    classifier.read_config([str(classifier_root / name) for name in ("configs/train.json",
+                                                                      *parser.get_parsed_content("classifier_overlays"))])
+    classifier["bundle_root"] = str(classifier_root)
+    assert isinstance(classifier.get_parsed_content("network_def"), DenseNet121)
+    for key in ("phantoms", "image_size"):
+        assert parser.get_parsed_content(key) == classifier.get_parsed_content(key), key
+    datalists = [Path(config.get_parsed_content("datalist")).resolve() for config in (parser, classifier)]
+    assert datalists[0] == datalists[1]
+    for key, folder in (("ckpt_dir", "models_chest_densenet121"), ("output_dir", "eval_chest_densenet121")):
         assert parser.get_parsed_content(key).endswith(folder), key
 
 
