@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.networks.nets import DenseNet121, EfficientNetBN, ResNet
 
-from cfattr_monai.networks.attribution import AttentionGatedUNet, FeatureFilter, soft_attribution_map
+from cfattr_monai.networks.attribution import AttentionGatedUNet, FeatureFilter, UpsamplingBlock, soft_attribution_map
 from cfattr_monai.networks.mobilenet import MobileNetV1
 from cfattr_monai.transforms.masks import SmoothMaxCompact
 
@@ -124,3 +124,35 @@ def test_convolving_before_upsampling_equals_the_paper_order(size):
     image = torch.rand(2, 1, *size)
     with torch.no_grad():
         torch.testing.assert_close(net(image), _upsample_first_reference(net, image))
+
+
+def test_feature_filter_in_place_equals_out_of_place():
+    torch.manual_seed(0)
+    gate, x = FeatureFilter(4), torch.randn(2, 4, 5, 5)
+    expected = gate(x)
+    with torch.no_grad():
+        out = gate(x, inplace=True)
+    assert out.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("x_size, size", [((4, 3), (8, 6)), ((4, 3), (4, 3)), ((4, 3), (9, 7))])
+def test_upsampling_block_sum_is_written_into_the_skip(x_size, size):
+    torch.manual_seed(0)
+    block, x, skip = UpsamplingBlock(5, 3), torch.randn(2, 5, *x_size), torch.randn(2, 3, *size)
+    expected = torch.nn.functional.interpolate(torch.relu(block.conv(x)), size=size, mode="nearest") + skip
+    with torch.no_grad():
+        out = block(x, size, skip)
+    assert out.data_ptr() == skip.data_ptr()
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v1", "densenet121"])
+def test_the_map_without_autograd_equals_the_map_with_it(backbone):
+    """Without autograd the decoder gates and sums in place; the map must not change."""
+    torch.manual_seed(0)
+    net = AttentionGatedUNet(BACKBONES[backbone](), compact=SmoothMaxCompact()).eval()
+    image = torch.rand(2, 1, 64, 64)
+    with_grad = net(image)
+    with torch.inference_mode():
+        torch.testing.assert_close(net(image), with_grad.detach())

@@ -63,15 +63,20 @@ class FeatureFilter(nn.Module):
         self.w_l = nn.Conv2d(channels, inter_channels, kernel_size=1)
         self.w_m = nn.Conv2d(inter_channels, 1, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(self.w_m(torch.relu(self.w_l(x))))
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``x`` times its attention coefficients; ``inplace`` writes the product into ``x`` (saves a tensor of its
+        size when ``x`` is not needed afterwards; only without autograd, which needs ``x`` for the gate's gradient)."""
+        gate = torch.sigmoid(self.w_m(torch.relu_(self.w_l(x))))
+        return x.mul_(gate) if inplace else x * gate
 
 
 class UpsamplingBlock(nn.Module):
     """Nearest upsampling to ``size`` → 1×1 convolution → ReLU → plus the gated skip features (when given).
 
     Nearest upsampling only repeats pixels and the 1×1 convolution and ReLU act per pixel, so they commute: the
-    convolution runs *before* the upsampling, on a quarter of the pixels, with the same result.
+    convolution runs *before* the upsampling, on a quarter of the pixels, with the same result. The sum is written
+    into ``skip`` (the freshly gated features, not needed afterwards), which saves a tensor of the skip's size; a
+    ``skip`` autograd cannot change in place (a leaf that requires grad) is refused by torch.
 
     Example:
         >>> UpsamplingBlock(16, 8)(torch.rand(1, 16, 4, 4), (8, 8), torch.rand(1, 8, 8, 8)).shape
@@ -83,16 +88,16 @@ class UpsamplingBlock(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], skip: torch.Tensor | None = None) -> torch.Tensor:
-        x = torch.relu(self.conv(x))
+        x = torch.relu_(self.conv(x))
         height, width = x.shape[-2:]
-        if tuple(size) == (height, width):
-            return x if skip is None else x + skip
         if skip is not None and tuple(size) == (2 * height, 2 * width):
             # nearest ×2 and the sum in one broadcast, without materializing the upsampled tensor
             b, c = skip.shape[:2]
-            return (skip.reshape(b, c, height, 2, width, 2) + x[:, :, :, None, :, None]).reshape(b, c, *size)
-        x = F.interpolate(x, size=size, mode="nearest")
-        return x if skip is None else x + skip
+            skip.view(b, c, height, 2, width, 2).add_(x[:, :, :, None, :, None])
+            return skip
+        if tuple(size) != (height, width):
+            x = F.interpolate(x, size=size, mode="nearest")
+        return x if skip is None else skip.add_(x)
 
 
 class AttentionGatedUNet(nn.Module):
@@ -180,7 +185,9 @@ class AttentionGatedUNet(nn.Module):
             raise ValueError(f"AttentionGatedUNet: expected an image batch (B, C, H, W), got {tuple(image.shape)}.")
         with torch.set_grad_enabled(torch.is_grad_enabled() and image.requires_grad):
             features = self.encoder(image)  # frozen: back-propagate through it only towards an input needing grads
-        gated = [gate(x) for gate, x in zip(self.filters, features)]
+        # without autograd the encoder's features are not needed after gating: gate them in place
+        inplace = not torch.is_grad_enabled()
+        gated = [gate(x, inplace) for gate, x in zip(self.filters, features)]
         x = gated[3]
         for block, skip in zip(self.blocks[:3], reversed(gated[:3])):
             x = block(x, skip.shape[-2:], skip)
