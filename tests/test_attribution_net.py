@@ -6,7 +6,13 @@ import pytest
 import torch
 from monai.networks.nets import DenseNet121, EfficientNetBN, ResNet
 
-from cfattr_monai.networks.attribution import AttentionGatedUNet, FeatureFilter, UpsamplingBlock, soft_attribution_map
+from cfattr_monai.networks.attribution import (
+    AttentionGatedUNet,
+    FeatureFilter,
+    PointwiseConv2d,
+    UpsamplingBlock,
+    soft_attribution_map,
+)
 from cfattr_monai.networks.mobilenet import MobileNetV1
 from cfattr_monai.transforms.masks import SmoothMaxCompact
 
@@ -156,3 +162,44 @@ def test_the_map_without_autograd_equals_the_map_with_it(backbone):
     with_grad = net(image)
     with torch.inference_mode():
         torch.testing.assert_close(net(image), with_grad.detach())
+
+
+POINTWISE_CASES = {  # name: (in, out, input shape, channels-last, autograd, runs F.conv2d)
+    "matrix product, batch 3": (8, 2, (3, 8, 5, 4), False, False, False),
+    "matrix product, batch 1, one output": (6, 1, (1, 6, 7, 9), False, False, False),
+    "matrix product, wide": (16, 32, (2, 16, 4, 4), False, False, False),
+    "channels-last keeps the convolution": (8, 2, (3, 8, 5, 4), True, False, True),
+    "autograd keeps the convolution": (8, 2, (3, 8, 5, 4), False, True, True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POINTWISE_CASES))
+def test_pointwise_conv_equals_the_convolution(case, monkeypatch):
+    in_channels, out_channels, shape, channels_last, grad, uses_conv = POINTWISE_CASES[case]
+    torch.manual_seed(0)
+    conv, x = PointwiseConv2d(in_channels, out_channels), torch.randn(*shape)
+    expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    calls = []
+    conv2d = torch.nn.functional.conv2d
+    monkeypatch.setattr(torch.nn.functional, "conv2d", lambda *a, **k: calls.append(1) or conv2d(*a, **k))
+    with torch.set_grad_enabled(grad):
+        out = conv(x)
+    assert bool(calls) == uses_conv
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected)
+
+
+def test_pointwise_conv_has_the_state_dict_of_a_1x1_convolution():
+    reference = torch.nn.Conv2d(8, 3, kernel_size=1)
+    conv = PointwiseConv2d(8, 3)
+    conv.load_state_dict(reference.state_dict())
+    assert {k: tuple(v.shape) for k, v in conv.state_dict().items()} == {"weight": (3, 8, 1, 1), "bias": (3,)}
+    with torch.no_grad():
+        torch.testing.assert_close(conv(torch.ones(1, 8, 2, 2)), reference(torch.ones(1, 8, 2, 2)))
+
+
+def test_pointwise_conv_names_a_wrong_channel_count():
+    with torch.no_grad(), pytest.raises(ValueError, match="expected 8 input channels, got input \\(2, 7, 3, 3\\)"):
+        PointwiseConv2d(8, 2)(torch.rand(2, 7, 3, 3))
