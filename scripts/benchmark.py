@@ -36,6 +36,8 @@ Example:
     python scripts/benchmark.py --backbone densenet121 --size 256 256 --iterative-images 8 \
         --classifier-ckpt bundles/classifier/models_chest_densenet121/model.pt \
         --inpainter-bundle bundles/inpainter --inpainter-overlays configs/task_phantom_chest.json --out trained.json
+    python scripts/benchmark.py --backbone densenet121 --size 256 256 --iterative-images 0 \
+        --methods classifier_forward --out inference_only.json  # ours and the forward pass, nothing else
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ from cfattr_monai.transforms.masks import SmoothMaxCompact
 #: backbone → (phantom kind, inpainter levels): the paper drops the bottom-most inpainter level for 256² X-rays.
 BACKBONES = {"mobilenet_v1": ("mammo", 8), "densenet121": ("chest", 7)}
 METHODS = tuple(TIMING_METHODS)  # the JSON's maps_per_s keys, in the report's order
+TIMED = tuple(name for name in METHODS if name != "iterative")  # --methods (--iterative-images runs the iterative)
 
 
 def build_classifier(backbone: str, width_mult: float) -> nn.Module:
@@ -249,6 +252,7 @@ def run(args: argparse.Namespace) -> dict:
         "saliency_batched": with_amp(lambda: saliency_batched(fast_classifier, images)),
         "classifier_forward": no_grad(lambda: fast_classifier(images)),
     }
+    calls = {name: fn for name, fn in calls.items() if name in args.methods}
     # the work each pass does, counted by torch's FlopCounterMode (convolutions and matrix products; element-wise
     # operations and the smooth maximum are not counted): what no implementation of the paper's decoder can undercut
     def gflops_per_image(fn: Callable[[], object]) -> float:
@@ -262,7 +266,7 @@ def run(args: argparse.Namespace) -> dict:
     timings = seconds_per_call(calls, args.repeats, warmup, device, args.passes)
     seconds = {name: wall for name, (wall, _) in timings.items()}
     cpu_seconds = {name: cpu for name, (_, cpu) in timings.items()}
-    maps_per_s = {name: args.batch / s for name, s in seconds.items()}
+    maps_per_s = {name: args.batch / seconds[name] if name in seconds else None for name in METHODS}
 
     iterative_record = None
     if args.iterative_images > 0:
@@ -285,8 +289,6 @@ def run(args: argparse.Namespace) -> dict:
             "cpu_seconds_per_map": elapsed_cpu / len(targets),
             "runs": method.last_runs,
         }
-    else:
-        maps_per_s["iterative"] = None
 
     ours = maps_per_s["ours"]
     # ours ÷ every baseline (METHODS after ours and ours_with_counterfactual); the forward pass's key is "forward"
@@ -307,8 +309,8 @@ def run(args: argparse.Namespace) -> dict:
             "weights": weights, "width_mult": None if args.attributor_bundle else args.width_mult,
             "inpainter_levels": getattr(inpainter, "num_levels", None), "phantoms": kind,
             "channels_last": args.channels_last, "amp_bf16": args.amp, "compile": args.compile,
-            "repeats": args.repeats, "passes": args.passes, "warmup": warmup, "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
+            "methods": list(calls), "repeats": args.repeats, "passes": args.passes, "warmup": warmup,
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         },
     }
@@ -347,6 +349,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--passes", type=int, default=2, help="passes over all methods (each: warm-up + repeats)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--methods", nargs="+", choices=TIMED, default=list(TIMED), metavar="METHOD",
+                        help=f"the methods to time (default: all of {', '.join(TIMED)}); ours always runs. Fewer "
+                        "methods leave the process's memory allocator as a process running only them finds it")
     parser.add_argument("--iterative-images", type=int, default=2, help="0 skips the iterative method")
     parser.add_argument("--iterative-max-iterations", type=int, default=300)
     parser.add_argument("--attributor-bundle", help="time a trained attributor bundle (its classifier, inpainter, "
@@ -360,6 +365,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, help="θ of the iterative method's loss and flip criterion "
                         "(default: the --attributor-bundle's recorded θ, else 0.5)")
     args = parser.parse_args(argv)
+    args.methods = ["ours", *(name for name in TIMED if name in args.methods and name != "ours")]
     problems = [
         f"--batch must be >= 1, got {args.batch}" if args.batch < 1 else "",
         f"--size must be >= 32 32, got {args.size}" if min(args.size) < 32 else "",

@@ -145,6 +145,21 @@ def test_iterative_can_be_skipped_and_checkpoints_are_loaded(benchmark, tmp_path
     assert result["settings"]["weights"] == {"classifier": str(ckpt), "inpainter": "random", "attributor": "random"}
 
 
+@pytest.mark.parametrize("methods, timed", [
+    (["classifier_forward"], ["ours", "classifier_forward"]),
+    (["saliency_batched", "ours"], ["ours", "saliency_batched"]),
+])
+def test_only_the_given_methods_are_timed(benchmark, tmp_path, capsys, methods, timed):
+    out = str(tmp_path / "b.json")
+    result = benchmark.main([*TINY, "--iterative-images", "0", "--methods", *methods, "--out", out])
+    assert result["settings"]["methods"] == timed and list(result["seconds_per_batch"]) == timed
+    assert [name for name, rate in result["maps_per_s"].items() if rate is not None] == timed
+    assert [name for name, ratio in result["ratios"].items() if ratio is not None] == [
+        f"ours_vs_{name.removeprefix('classifier_')}" for name in timed[1:]]
+    assert "| gradcam | MONAI GradCAM, frozen weights (gradient through the input) | – | – |" in (
+        capsys.readouterr().out)
+
+
 def test_an_inpainter_bundle_gives_the_trained_inpainter(benchmark, tmp_path, monkeypatch):
     from cfattr_monai.networks.inpainter import PartialConvUNet
 
@@ -192,7 +207,7 @@ def test_bad_checkpoints_name_the_option(benchmark, tmp_path, extra, error, matc
             ("--warmup", "-3"), ("--threads", "-2"), ("--threads", "0"), ("--iterative-images", "-1"),
             ("--iterative-max-iterations", "0"), ("--delta", "5"), ("--delta", "0"),
             ("--threshold", "0"), ("--threshold", "1"), ("--inpainter-levels", "0"),
-            ("--width-mult", "0"), ("--passes", "0"),
+            ("--width-mult", "0"), ("--passes", "0"), ("--methods", "iterative"), ("--methods", "gradcam_all"),
         )],
         *[["--backbone", "densenet121", "--size", "64", "64", "--out", "x.json", "--inpainter-bundle", "b", *extra]
           for extra in (["--inpainter-ckpt", "i.pt"], ["--inpainter-levels", "3"], ["--attributor-bundle", "a"])],
