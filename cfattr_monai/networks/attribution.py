@@ -47,10 +47,11 @@ class PointwiseConv2d(nn.Conv2d):
 
     The same weights, state-dict keys and result as ``nn.Conv2d(in_channels, out_channels, 1)``. With autograd
     (training) it is that convolution, so training arithmetic does not change. Without it, on a contiguous (NCHW)
-    input, it calls ``torch.baddbmm`` on the ``(C, H·W)`` view of each image: oneDNN reorders such an input into its
-    blocked layout first, which at the finest decoder scale costs more than the product itself (DenseNet-121 at 256²,
-    batch 8: 256 → 2 channels at 64² 13.2 ms as a convolution, 1.1 ms as the product; 256 → 256 53 vs 33 ms).
-    Other layouts (channels-last) keep the convolution.
+    input, it calls ``torch.baddbmm`` on the ``(C, H·W)`` view of each image. oneDNN first reorders such an input into
+    its blocked layout; in a process that only runs inference, that buffer is fresh memory, and at the finest decoder
+    scale the reorder costs more than the product (DenseNet-121 at 256², batch 8: the 256 → 2 head 13.2 ms as a
+    convolution, 1.1 ms as the product; the network 4–6 % faster, ``docs/benchmark.md``). Other layouts
+    (channels-last) keep the convolution.
 
     Example:
         >>> conv = PointwiseConv2d(8, 2)
@@ -67,7 +68,9 @@ class PointwiseConv2d(nn.Conv2d):
             return super().forward(x)
         b, c, h, w = x.shape
         if c != self.in_channels:
-            raise ValueError(f"PointwiseConv2d: expected {self.in_channels} input channels, got input {tuple(x.shape)}.")
+            raise ValueError(
+                f"PointwiseConv2d: expected {self.in_channels} input channels, got input {tuple(x.shape)}."
+            )
         weight = self.weight.view(1, self.out_channels, c).expand(b, -1, -1)
         return torch.baddbmm(self.bias.view(1, -1, 1), weight, x.view(b, c, h * w)).view(b, -1, h, w)
 
