@@ -71,6 +71,7 @@ from cfattr_monai.explain.baselines import (
     SaliencyBaseline,
     gradcam_head_only,
     gradcam_target_layer,
+    normalize_per_image,
     saliency_batched,
 )
 from cfattr_monai.explain.counterfactual import CounterfactualExplainer, load_explainer, read_recorded
@@ -227,7 +228,11 @@ def run(args: argparse.Namespace) -> dict:
     # copies with the same weights, made before MONAI's hooks are registered on the classifier
     trainable, head_only = copy.deepcopy(classifier).requires_grad_(True), copy.deepcopy(classifier)
     gradcam, saliency = GradCAMBaseline(classifier), SaliencyBaseline(classifier)
-    gradcam_as_loaded = GradCAM(nn_module=trainable, target_layers=gradcam_target_layer(classifier))
+    # MONAI's default post-processing goes through numpy, which has no bfloat16: under --amp it gets the same
+    # per-image min-max scaling in torch
+    bf16_postprocessing = {"postprocessing": normalize_per_image} if args.amp else {}
+    gradcam_as_loaded = GradCAM(nn_module=trainable, target_layers=gradcam_target_layer(classifier),
+                                **bf16_postprocessing)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp else contextlib.nullcontext()
 
     def no_grad(fn: Callable[[], object]) -> Callable[[], object]:

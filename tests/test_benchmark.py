@@ -145,6 +145,17 @@ def test_iterative_can_be_skipped_and_checkpoints_are_loaded(benchmark, tmp_path
     assert result["settings"]["weights"] == {"classifier": str(ckpt), "inpainter": "random", "attributor": "random"}
 
 
+@pytest.mark.parametrize("extra, channels_last, amp", [
+    (["--channels-last"], True, False),
+    (["--amp"], False, True),
+    (["--amp", "--channels-last"], True, True),
+])
+def test_memory_format_and_bfloat16_options_time_every_method(benchmark, tmp_path, extra, channels_last, amp):
+    result = benchmark.main([*TINY, "--iterative-images", "1", *extra, "--out", str(tmp_path / "b.json")])
+    assert all(rate > 0 for rate in result["maps_per_s"].values())
+    assert (result["settings"]["channels_last"], result["settings"]["amp_bf16"]) == (channels_last, amp)
+
+
 @pytest.mark.parametrize("methods, timed", [
     (["classifier_forward"], ["ours", "classifier_forward"]),
     (["saliency_batched", "ours"], ["ours", "saliency_batched"]),
