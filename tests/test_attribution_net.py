@@ -191,6 +191,15 @@ def test_pointwise_conv_equals_the_convolution(case, monkeypatch):
     torch.testing.assert_close(out, expected)
 
 
+def test_pointwise_conv_keeps_the_convolution_off_the_cpu(monkeypatch):
+    conv, calls = PointwiseConv2d(8, 2).to("meta"), []
+    conv2d = torch.nn.functional.conv2d
+    monkeypatch.setattr(torch.nn.functional, "conv2d", lambda *a, **k: calls.append(1) or conv2d(*a, **k))
+    with torch.no_grad():
+        out = conv(torch.empty(3, 8, 5, 4, device="meta"))
+    assert calls and out.shape == (3, 2, 5, 4)
+
+
 def test_pointwise_conv_has_the_state_dict_of_a_1x1_convolution():
     reference = torch.nn.Conv2d(8, 3, kernel_size=1)
     conv = PointwiseConv2d(8, 3)

@@ -43,7 +43,7 @@ def soft_attribution_map(c1: torch.Tensor, c2: torch.Tensor, eps: float = 1e-6) 
 
 
 class PointwiseConv2d(nn.Conv2d):
-    """1×1 convolution that, without autograd, runs as one batched matrix product ``W x + b`` over the pixels.
+    """1×1 convolution that, without autograd on the CPU, runs as one batched matrix product ``W x + b`` per image.
 
     The same weights, state-dict keys and result as ``nn.Conv2d(in_channels, out_channels, 1)``. With autograd
     (training) it is that convolution, so training arithmetic does not change. Without it, on a contiguous (NCHW)
@@ -51,7 +51,7 @@ class PointwiseConv2d(nn.Conv2d):
     its blocked layout; in a process that only runs inference, that buffer is fresh memory, and at the finest decoder
     scale the reorder costs more than the product (DenseNet-121 at 256², batch 8: the 256 → 2 head 13.2 ms as a
     convolution, 1.1 ms as the product; the network 4–6 % faster, ``docs/benchmark.md``). Other layouts
-    (channels-last) keep the convolution.
+    (channels-last) and other devices than the CPU (where it was not measured) keep the convolution.
 
     Example:
         >>> conv = PointwiseConv2d(8, 2)
@@ -64,7 +64,7 @@ class PointwiseConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.ndim != 4 or not x.is_contiguous():
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.ndim != 4 or not x.is_contiguous():
             return super().forward(x)
         b, c, h, w = x.shape
         if c != self.in_channels:
