@@ -184,8 +184,14 @@ def seconds_per_call(
     ``passes`` times in turn, so a slow phase of a shared machine is spread over the methods instead of landing on
     whichever ran then; the median is over all ``passes × repeats`` timings. The CPU time (all threads of this
     process) is the steadier measure of work on a machine shared with other jobs.
+
+    With ``warmup > 0`` every method first runs once, untimed, in turn: without that round the first method's first
+    block is the only one timed before any backward pass has run in the process, and the memory allocator's state
+    then differs (DenseNet-121 at 256², batch 8, ours first: median 593 ms in the first pass, 546 ms in the second).
     """
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for fn in calls.values() if warmup else ():
+        fn()
     wall = {name: [] for name in calls}
     cpu = {name: [] for name in calls}
     for _ in range(passes):
