@@ -190,8 +190,9 @@ def seconds_per_call(
     then differs (DenseNet-121 at 256², batch 8, ours first: median 593 ms in the first pass, 546 ms in the second).
     """
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for fn in calls.values() if warmup else ():
-        fn()
+    if warmup:
+        for fn in calls.values():
+            fn()
     wall = {name: [] for name in calls}
     cpu = {name: [] for name in calls}
     for _ in range(passes):

@@ -173,31 +173,34 @@ POINTWISE_CASES = {  # name: (in, out, input shape, channels-last, autograd, run
 }
 
 
+@pytest.fixture
+def conv2d_calls(monkeypatch) -> list:
+    """Records every ``F.conv2d`` call (the convolution path of ``PointwiseConv2d``)."""
+    calls, conv2d = [], torch.nn.functional.conv2d
+    monkeypatch.setattr(torch.nn.functional, "conv2d", lambda *a, **k: calls.append(1) or conv2d(*a, **k))
+    return calls
+
+
 @pytest.mark.parametrize("case", sorted(POINTWISE_CASES))
-def test_pointwise_conv_equals_the_convolution(case, monkeypatch):
+def test_pointwise_conv_equals_the_convolution(case, conv2d_calls):
     in_channels, out_channels, shape, channels_last, grad, uses_conv = POINTWISE_CASES[case]
     torch.manual_seed(0)
     conv, x = PointwiseConv2d(in_channels, out_channels), torch.randn(*shape)
     expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias)
+    conv2d_calls.clear()
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    calls = []
-    conv2d = torch.nn.functional.conv2d
-    monkeypatch.setattr(torch.nn.functional, "conv2d", lambda *a, **k: calls.append(1) or conv2d(*a, **k))
     with torch.set_grad_enabled(grad):
         out = conv(x)
-    assert bool(calls) == uses_conv
+    assert bool(conv2d_calls) == uses_conv
     assert out.shape == expected.shape
     torch.testing.assert_close(out, expected)
 
 
-def test_pointwise_conv_keeps_the_convolution_off_the_cpu(monkeypatch):
-    conv, calls = PointwiseConv2d(8, 2).to("meta"), []
-    conv2d = torch.nn.functional.conv2d
-    monkeypatch.setattr(torch.nn.functional, "conv2d", lambda *a, **k: calls.append(1) or conv2d(*a, **k))
+def test_pointwise_conv_keeps_the_convolution_off_the_cpu(conv2d_calls):
     with torch.no_grad():
-        out = conv(torch.empty(3, 8, 5, 4, device="meta"))
-    assert calls and out.shape == (3, 2, 5, 4)
+        out = PointwiseConv2d(8, 2).to("meta")(torch.empty(3, 8, 5, 4, device="meta"))
+    assert conv2d_calls and out.shape == (3, 2, 5, 4)
 
 
 def test_pointwise_conv_has_the_state_dict_of_a_1x1_convolution():
