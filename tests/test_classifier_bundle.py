@@ -1,4 +1,4 @@
-"""The classifier bundle: layout, metadata, task overlays, and end-to-end train → evaluate → inference runs.
+"""The classifier bundle: task overlays and end-to-end train → evaluate → inference runs.
 
 The end-to-end runs follow model-zoo's ``ci/unit_tests``: the configs are copied into a temporary bundle folder,
 ``bundle_root`` and the data set are overridden, and ``initialize`` makes tiny 64² phantoms there, so nothing is
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.networks.nets import DenseNet121
 
 from cfattr_monai.bundle import fingerprint, load_network
@@ -22,7 +22,6 @@ from cfattr_monai.networks.encoders import ClassifierEncoder
 from cfattr_monai.networks.mobilenet import MobileNetV1
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "classifier"
-SCHEMA = BUNDLE.parents[2] / "shared" / "monai" / "meta_schema_20240725.json"
 TASKS = ["task_mammo.json", "task_cxr.json", "task_phantom_chest.json", "task_phantom_chest_densenet121.json"]
 TINY = {"phantoms": {"kind": "mammo", "n": 20, "size": 64, "seed": 0}, "image_size": [64, 64], "batch_size": 4}
 
@@ -45,27 +44,6 @@ def run_workflow(root: Path, configs: list[str], **override) -> ConfigWorkflow:
     workflow.run()
     workflow.finalize()
     return workflow
-
-
-@pytest.mark.parametrize(
-    "path",
-    ["LICENSE", "docs/README.md", "docs/data_license.txt", "configs/logging.conf"]
-    + [f"configs/{name}" for name in ("metadata.json", "train.json", "evaluate.json", "inference.json",
-                                       "multi_gpu_train.json", *TASKS)],
-)
-def test_model_zoo_layout(path):
-    assert (BUNDLE / path).is_file()
-
-
-def test_metadata_verifies_offline(tmp_path):
-    if not SCHEMA.is_file():
-        pytest.skip(f"schema not found at {SCHEMA}")
-    verify_metadata(meta_file=str(BUNDLE / "configs" / "metadata.json"), filepath=str(SCHEMA))
-    broken = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
-    del broken["network_data_format"]
-    (tmp_path / "metadata.json").write_text(json.dumps(broken))
-    with pytest.raises(Exception, match="network_data_format"):
-        verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=str(SCHEMA))
 
 
 @pytest.mark.parametrize("task", TASKS)

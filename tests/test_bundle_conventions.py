@@ -1,0 +1,55 @@
+"""Model-zoo conventions the three bundles share: the folder layout, metadata that verifies offline against the
+schema copy in ``../shared/monai``, and the config keys ``python -m monai.bundle run`` and MONAI Deploy rely on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser, verify_metadata
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+SCHEMA = BUNDLES.parents[1] / "shared" / "monai" / "meta_schema_20240725.json"
+NAMES = ["classifier", "inpainter", "attributor"]
+LAYOUT = ["LICENSE", "docs/README.md", "docs/data_license.txt"] + [
+    f"configs/{name}"
+    for name in ("logging.conf", "metadata.json", "train.json", "evaluate.json", "inference.json", "multi_gpu_train.json")
+]
+SHARED_KEYS = ("bundle_root", "ckpt_dir", "output_dir", "datalist", "device", "network_def", "network", "initialize",
+               "run", "finalize")  # fmt: skip
+# the attributor reads the two other bundles: where they are, their overlays, π and the classifier's threshold
+BUNDLE_KEYS = {
+    "classifier": (),
+    "inpainter": (),
+    "attributor": ("classifier_bundle", "classifier_overlays", "inpainter_bundle", "inpainter_overlays",
+                   "marginalizer", "threshold"),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("bundle", NAMES)
+@pytest.mark.parametrize("path", LAYOUT)
+def test_model_zoo_layout(bundle, path):
+    assert (BUNDLES / bundle / path).is_file(), f"bundles/{bundle}/{path} is missing"
+
+
+@pytest.mark.parametrize("bundle", NAMES)
+def test_metadata_verifies_offline(bundle, tmp_path):
+    if not SCHEMA.is_file():
+        pytest.skip(f"schema copy {SCHEMA} not found")
+    meta_file = BUNDLES / bundle / "configs" / "metadata.json"
+    verify_metadata(meta_file=str(meta_file), filepath=str(SCHEMA))
+    broken = json.loads(meta_file.read_text())
+    del broken["network_data_format"]
+    (tmp_path / "metadata.json").write_text(json.dumps(broken))
+    with pytest.raises(Exception, match="network_data_format"):
+        verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=str(SCHEMA))
+
+
+@pytest.mark.parametrize("bundle", NAMES)
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_config_names_the_shared_keys(bundle, config):
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / bundle / "configs" / config))
+    missing = [key for key in SHARED_KEYS + BUNDLE_KEYS[bundle] if key not in parser]
+    assert not missing, f"bundles/{bundle}/configs/{config} lacks {missing}"
