@@ -2,7 +2,9 @@
 
 Each step is one bundle run in its own process, exactly what a user would type inside the bundle folder, so the
 pipeline adds no behaviour of its own: it only chooses the task overlays, passes the datalist, skips a training whose
-``models/model.pt`` already exists (unless ``fresh``), and prints one line per step with its elapsed time.
+``model.pt`` already exists in the ``ckpt_dir`` of the step's configs (unless ``fresh``; the paper tasks train into
+``models_mammo/`` and ``models_cxr/``, so the demo's ``models/`` stay), and prints one line per step with its
+elapsed time.
 
 Example:
     >>> steps = pipeline_steps("demo")
@@ -19,7 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["BUNDLES_DIR", "TASK_OVERLAYS", "Step", "pipeline_steps", "run_step", "run_pipeline"]
+from monai.bundle import ConfigParser
+
+__all__ = ["BUNDLES_DIR", "TASK_OVERLAYS", "Step", "pipeline_steps", "trained_model", "run_step", "run_pipeline"]
 
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 
@@ -39,7 +43,8 @@ class Step:
         name: ``"<bundle>/<config stem>"``, printed in the progress line.
         bundle: bundle folder name under ``bundles/``.
         configs: config files relative to the bundle folder, merged in order.
-        trains: the step writes ``models/model.pt``; it is skipped when that file exists and ``fresh`` is false.
+        trains: the step writes ``model.pt`` into the ``ckpt_dir`` of ``configs``; it is skipped when that file
+            exists and ``fresh`` is false.
         overrides: ``--key value`` pairs passed to ``monai.bundle run``.
     """
 
@@ -64,10 +69,11 @@ def pipeline_steps(task: str, datalist: str | Path | None = None) -> list[Step]:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_OVERLAYS)}.")
     overlays = TASK_OVERLAYS[task]
     common = {"datalist": str(Path(datalist).resolve())} if datalist is not None else {}
-    task_keys = {"classifier_overlays": json.dumps(list(overlays)), "inpainter_overlays": json.dumps(list(overlays))}
+    # the bundles a bundle reads (and, for the attributor's Table 1, itself) are loaded with the same task overlays
+    reads = {"classifier": (), "inpainter": ("classifier",), "attributor": ("classifier", "inpainter", "attributor")}
     steps = []
     for bundle in ("classifier", "inpainter", "attributor"):
-        extra = task_keys if bundle != "classifier" else {}
+        extra = {f"{other}_overlays": json.dumps(list(overlays)) for other in reads[bundle]}
         for stage in ("train", "evaluate"):
             configs = (f"configs/{stage}.json", *overlays)
             if stage == "evaluate":
@@ -83,6 +89,15 @@ def _command(step: Step) -> list[str]:
     return cmd
 
 
+def trained_model(step: Step, bundles_dir: Path = BUNDLES_DIR) -> Path:
+    """Where the training ``step`` writes its weights: ``model.pt`` in the ``ckpt_dir`` of the step's merged configs."""
+    bundle_dir = bundles_dir / step.bundle
+    parser = ConfigParser()
+    parser.read_config([str(bundle_dir / config) for config in step.configs])
+    parser["bundle_root"] = str(bundle_dir)
+    return Path(parser.get_parsed_content("ckpt_dir")) / "model.pt"
+
+
 def run_step(step: Step, fresh: bool = False, bundles_dir: Path = BUNDLES_DIR) -> float:
     """Run one step in its bundle folder; return its wall time in seconds (0 when skipped).
 
@@ -90,8 +105,8 @@ def run_step(step: Step, fresh: bool = False, bundles_dir: Path = BUNDLES_DIR) -
         RuntimeError: the bundle run failed; the message names the step and the command to rerun it.
     """
     bundle_dir = bundles_dir / step.bundle
-    if step.trains and not fresh and (bundle_dir / "models" / "model.pt").is_file():
-        print(f"[pipeline] {step.name}: skipped, {bundle_dir / 'models' / 'model.pt'} exists (FRESH=1 retrains)")
+    if step.trains and not fresh and (model := trained_model(step, bundles_dir)).is_file():
+        print(f"[pipeline] {step.name}: skipped, {model} exists (FRESH=1 retrains)")
         return 0.0
     cmd = _command(step)
     print(f"[pipeline] {step.name}: {' '.join(cmd[1:])}", flush=True)

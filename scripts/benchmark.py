@@ -62,7 +62,7 @@ from monai.visualize import GradCAM
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cfattr_monai.bundle import load_network, read_state_dict
+from cfattr_monai.bundle import bundle_checkpoint, load_network, read_state_dict
 from cfattr_monai.data.phantoms import generate_phantom
 from cfattr_monai.explain.baselines import (
     PATHOLOGY_INDEX,
@@ -145,19 +145,20 @@ def random_or_checkpoint_networks(args: argparse.Namespace, device: torch.device
 def bundle_networks(args: argparse.Namespace, device: torch.device) -> tuple:
     """The trained networks and π of ``--attributor-bundle`` (``load_explainer``), and the θ and δ its training
     recorded (``classifier_fingerprint.json``), the iterative method's defaults."""
-    explainer = load_explainer(args.attributor_bundle, args.overlays, args.checkpoint, device)
+    checkpoint = bundle_checkpoint(args.attributor_bundle, args.overlays, args.checkpoint)
+    explainer = load_explainer(args.attributor_bundle, args.overlays, checkpoint, device)
     expected = DenseNet if args.backbone == "densenet121" else MobileNetV1
     if not isinstance(explainer.classifier, expected):
         raise ValueError(
             f"--attributor-bundle {args.attributor_bundle}: its classifier is a {type(explainer.classifier).__name__}, "
             f"not the --backbone {args.backbone}'s {expected.__name__}; pass the bundle's backbone."
         )
-    ckpt_dir = (Path(args.attributor_bundle) / args.checkpoint).parent
+    ckpt_dir = checkpoint.parent
     recorded = {key: read_recorded(ckpt_dir, name) for key, name in (("threshold", "classification_threshold"),
                                                                      ("delta", "delta"))}
     inpainter = getattr(explainer.marginalizer, "inpainter", None)  # None: the bundle's π is not an inpainter
     weights = {"attributor_bundle": args.attributor_bundle, "overlays": list(args.overlays),
-               "checkpoint": args.checkpoint}
+               "checkpoint": str(checkpoint)}
     return explainer.classifier, inpainter, explainer.attributor, explainer.marginalizer, weights, recorded
 
 
@@ -371,7 +372,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overlays", nargs="*", default=[], help="the attributor bundle's config overlays")
     parser.add_argument("--phantoms", choices=("mammo", "chest"), help="the input batch's phantom task (default: "
                         "the backbone's, mammo for mobilenet_v1, chest for densenet121); give the bundle's task")
-    parser.add_argument("--checkpoint", default="models/model.pt", help="the attributor bundle's model.pt")
+    parser.add_argument("--checkpoint", help="the attributor bundle's weights, relative to it (default: model.pt "
+                        "in the ckpt_dir of its configs/inference.json plus --overlays)")
     parser.add_argument("--delta", type=float, help="area limit δ of the iterative method's loss (default: the "
                         "--attributor-bundle's recorded δ, else 0.1)")
     parser.add_argument("--threshold", type=float, help="θ of the iterative method's loss and flip criterion "

@@ -160,10 +160,14 @@ def test_train_then_inference_end_to_end(workspace, tmp_path, capsys):
         assert (fragment["ours"]["H"]["n"] > 0) is annotated and fragment["ours"]["A"]["n"] == positives
         assert fragment["settings"]["image_size"] == [SIZE, SIZE]  # the bundle's input size
 
-    # another checkpoint folder (e.g. the longer schedule's models_long/) is evaluated, not models/
+    # another checkpoint folder (e.g. the longer schedule's models_long/) is evaluated, not models/: given as the
+    # checkpoint, or as the ckpt_dir of a task overlay (as the paper tasks' models_mammo/ and models_cxr/)
     (bundle / "models").rename(bundle / "models_long")
-    fragment = evaluate_attribution(bundle, workspace["datalist"], tmp_path / "eval_long", checkpoint="models_long/model.pt")
-    assert fragment["settings"]["checkpoint"] == "models_long/model.pt" and fragment["n_flagged"] >= 0
+    (bundle / "configs" / "long.json").write_text(json.dumps({"ckpt_dir": "$@bundle_root + '/models_long'"}))
+    for how in ({"checkpoint": "models_long/model.pt"}, {"overlays": ["configs/long.json"]}):
+        fragment = evaluate_attribution(bundle, workspace["datalist"], tmp_path / "eval_long", **how)
+        assert fragment["settings"]["checkpoint"] == str(bundle / "models_long" / "model.pt"), how
+        assert fragment["n_flagged"] >= 0
     (bundle / "models_long").rename(bundle / "models")
 
     # another classifier than the one trained with is refused
@@ -185,7 +189,7 @@ def test_mammography_task_runs_one_iteration_at_576x448(workspace, tmp_path):
     overrides.pop("image_size")  # keep the overlay's 576×448
     configs = [str(bundle / "configs" / "train.json"), str(bundle / "configs" / "task_mammo.json")]
     run(config_file=configs, num_epochs=1, batch_size=1, delta=0.2, **{"train#trainer#epoch_length": 1}, **overrides)
-    assert (bundle / "models" / "model.pt").is_file()
+    assert (bundle / "models_mammo" / "model.pt").is_file() and not (bundle / "models").exists()  # the task's folder
     parser = ConfigParser()
     parser.read_config(configs)
     assert parser.get_parsed_content("image_size") == [448, 576]

@@ -68,15 +68,19 @@ def test_iterative_loss_takes_the_given_threshold_and_delta(benchmark, tmp_path,
 
 @pytest.fixture
 def tiny_bundle(benchmark, tmp_path, monkeypatch):
-    """An attributor bundle folder with a recorded θ and δ, whose ``load_explainer`` returns tiny networks."""
+    """An attributor bundle folder whose overlay ``configs/a.json`` trains into ``models_a/`` (with a recorded θ and
+    δ there), and whose ``load_explainer`` returns tiny networks."""
     from cfattr_monai.explain.counterfactual import CounterfactualExplainer
     from cfattr_monai.networks.attribution import AttentionGatedUNet
     from cfattr_monai.networks.inpainter import PartialConvUNet
     from cfattr_monai.transforms.marginalize import InpaintMarginalizer
 
-    (tmp_path / "bundle" / "models").mkdir(parents=True)
+    (tmp_path / "bundle" / "configs").mkdir(parents=True)
+    for name, folder in (("inference.json", "models"), ("a.json", "models_a")):
+        (tmp_path / "bundle" / "configs" / name).write_text(json.dumps({"ckpt_dir": f"$@bundle_root + '/{folder}'"}))
+    (tmp_path / "bundle" / "models_a").mkdir()
     record = {"sha256": "x", "classification_threshold": 0.3, "delta": 0.05}
-    (tmp_path / "bundle" / "models" / "classifier_fingerprint.json").write_text(json.dumps(record))
+    (tmp_path / "bundle" / "models_a" / "classifier_fingerprint.json").write_text(json.dumps(record))
     calls = []
 
     def load_explainer(bundle, overlays, checkpoint, device):
@@ -99,10 +103,11 @@ def test_an_attributor_bundle_is_timed_with_its_recorded_threshold_and_delta(
     bundle, calls = tiny_bundle
     result = benchmark.main([*TINY, "--iterative-images", "1", "--attributor-bundle", str(bundle), "--overlays",
                              "configs/a.json", *extra, "--out", str(bundle / "b.json")])
-    assert calls == [(str(bundle), ["configs/a.json"], "models/model.pt")]
+    checkpoint = bundle / "models_a" / "model.pt"  # the overlay's ckpt_dir
+    assert calls == [(str(bundle), ["configs/a.json"], checkpoint)]
     assert (result["iterative"]["threshold"], result["iterative"]["delta"]) == (threshold, delta)
     assert result["settings"]["weights"] == {"attributor_bundle": str(bundle), "overlays": ["configs/a.json"],
-                                             "checkpoint": "models/model.pt"}
+                                             "checkpoint": str(checkpoint)}
     assert result["settings"]["inpainter_levels"] == 3
 
 

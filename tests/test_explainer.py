@@ -119,6 +119,18 @@ def test_acceptance_summary_on_tiny_phantoms(tmp_path):
         assert key in summary
 
 
+def test_acceptance_summary_of_a_split_without_healthy_images(tmp_path):
+    datalist = write_phantom_dataset(tmp_path / "phantoms", kind="mammo", n=10, size=32, seed=0)
+    lists = json.loads(datalist.read_text())
+    lists["test"] = [item for item in lists["test"] if item["label"] == 1]
+    lesions_only = datalist.parent / "lesions_only.json"
+    lesions_only.write_text(json.dumps(lists))
+    explainer, _ = _explainer()
+    summary = acceptance_summary(explainer, lesions_only, "test", (32, 32), delta=0.6, randomization_images=0)
+    assert summary["images"] == summary["lesion_images"] == 1
+    assert summary["mean_area_healthy_images"] is None and "healthy_to_lesion_area" not in summary
+
+
 class Brightness(nn.Module):
     """Logit = total brightness − ``level``: a lesion (bright) raises it, its removal lowers it."""
 

@@ -324,7 +324,7 @@ def test_paper_mammography_config_runs_one_iteration(workspace, tmp_path):
         phase1_epochs=1, phase2_epochs=0, feature_extractor="$None", val_interval=1,
         **{"train#dataset#data": "$@train#datalist[:1]", "validate#dataset#data": "$@validate#datalist[:1]"}, **overrides,
     )  # fmt: skip
-    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    state = torch.load(bundle / "models_mammo" / "model.pt", weights_only=True)  # the task's own folder
     assert state["encoder.7.conv.weight"].shape == (512, 512, 3, 3)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from cfattr_monai.cli import main as cli_main
 from cfattr_monai.demo import INFERENCE, collect_metrics, main, pin_threads
-from cfattr_monai.pipeline import Step, pipeline_steps, run_step
+from cfattr_monai.pipeline import Step, pipeline_steps, run_step, trained_model
 
 TASKS = [
     ("demo", ()),
@@ -26,6 +26,19 @@ def test_steps_run_the_bundles_in_order_with_the_task_overlays(task, overlays):
     evaluate = steps[1]
     assert evaluate.configs[:2] == ("configs/train.json", "configs/evaluate.json")
     assert json.loads(steps[2].overrides["classifier_overlays"]) == list(overlays)
+    assert "inpainter_overlays" not in steps[2].overrides
+    # the attributor reads both bundles, and its Table 1 (evaluate) loads itself, all with the task overlays
+    for key in ("classifier_overlays", "inpainter_overlays", "attributor_overlays"):
+        assert json.loads(steps[5].overrides[key]) == list(overlays), key
+
+
+@pytest.mark.parametrize(
+    "task,folder", [("demo", "models"), ("mammo", "models_mammo"), ("cxr", "models_cxr")]
+)
+def test_each_task_trains_into_its_own_folder(task, folder, repo_root):
+    trains = [step for step in pipeline_steps(task) if step.trains]
+    bundles = ("classifier", "inpainter", "attributor")
+    assert [trained_model(s) for s in trains] == [repo_root / "bundles" / b / folder / "model.pt" for b in bundles]
 
 
 def test_unknown_task_is_refused():
@@ -33,11 +46,23 @@ def test_unknown_task_is_refused():
         pipeline_steps("ct")
 
 
-def test_training_is_skipped_when_the_model_exists(tmp_path, capsys):
-    (tmp_path / "b" / "models").mkdir(parents=True)
-    (tmp_path / "b" / "models" / "model.pt").write_bytes(b"")
-    assert run_step(Step("b/train", "b", ("configs/train.json",), trains=True), bundles_dir=tmp_path) == 0.0
-    assert "skipped" in capsys.readouterr().out
+@pytest.mark.parametrize("folder,skipped", [("models_task", True), ("models", False)])
+def test_training_is_skipped_when_the_model_exists(folder, skipped, tmp_path, capsys, monkeypatch):
+    """Only a model.pt in the ckpt_dir of the step's configs (here a task overlay's) skips the training."""
+    configs = tmp_path / "b" / "configs"
+    configs.mkdir(parents=True)
+    (configs / "train.json").write_text(json.dumps({"ckpt_dir": "$@bundle_root + '/models'"}))
+    (configs / "task.json").write_text(json.dumps({"ckpt_dir": "$@bundle_root + '/models_task'"}))
+    (tmp_path / "b" / folder).mkdir()
+    (tmp_path / "b" / folder / "model.pt").write_bytes(b"")
+    monkeypatch.setattr(sys, "executable", "false")  # a training that does start fails at once
+    step = Step("b/train", "b", ("configs/train.json", "configs/task.json"), trains=True)
+    if skipped:
+        assert run_step(step, bundles_dir=tmp_path) == 0.0
+        assert f"skipped, {tmp_path / 'b' / folder / 'model.pt'} exists" in capsys.readouterr().out
+    else:
+        with pytest.raises(RuntimeError, match="b/train failed"):
+            run_step(step, bundles_dir=tmp_path)
 
 
 def test_a_failing_bundle_run_names_the_step_and_the_command(tmp_path, monkeypatch):

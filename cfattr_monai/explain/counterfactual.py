@@ -207,7 +207,7 @@ def load_attributor_weights(
 def load_explainer(
     attributor_bundle_dir: str | Path,
     overlays: Sequence[str] = (),
-    checkpoint: str = "models/model.pt",
+    checkpoint: str | Path | None = None,
     device: str | torch.device = "cpu",
 ) -> CounterfactualExplainer:
     """Build the explainer of a trained attributor bundle.
@@ -215,13 +215,15 @@ def load_explainer(
     Reads the bundle's ``configs/inference.json`` plus ``overlays`` (paths relative to the bundle), loads the
     classifier and inpainter bundles it names (``classifier_bundle``/``classifier_overlays``,
     ``inpainter_bundle``/``inpainter_overlays``) through :func:`cfattr_monai.bundle.load_network`, then loads
-    the attributor weights from ``checkpoint`` with :func:`load_attributor_weights` (classifier fingerprint checks).
+    the attributor weights from ``checkpoint`` (relative to the bundle; None: ``model.pt`` in the ``ckpt_dir`` of
+    that merged config, as :func:`cfattr_monai.bundle.bundle_checkpoint` finds it) with
+    :func:`load_attributor_weights` (classifier fingerprint checks).
 
     Raises:
         FileNotFoundError: a bundle, config or checkpoint is missing.
         ValueError: the classifier is not the one the attributor was trained with.
     """
-    from cfattr_monai.bundle import bundle_config_files, load_network, read_bundle_config
+    from cfattr_monai.bundle import bundle_checkpoint, bundle_config_files, load_network, read_bundle_config
 
     bundle = Path(attributor_bundle_dir).resolve()
     parser = read_bundle_config(bundle, overlays, caller="load_explainer")
@@ -240,7 +242,7 @@ def load_explainer(
     parser["classifier"] = classifier
     parser["inpainter"] = inpainter
     attributor = parser.get_parsed_content("network_def").to(device)
-    load_attributor_weights(attributor, bundle / checkpoint, config_files)
+    load_attributor_weights(attributor, bundle_checkpoint(bundle, overlays, checkpoint), config_files)
     attributor.eval().requires_grad_(False)
     marginalizer = parser.get_parsed_content("marginalizer")
     return CounterfactualExplainer(attributor, classifier, marginalizer, parser.get_parsed_content("threshold"))

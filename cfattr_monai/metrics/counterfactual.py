@@ -110,7 +110,7 @@ def acceptance_summary(
         twin_flips = flagged & (twin_p <= threshold)
         summary["twin_flipped"] = mean(twin_p <= threshold, flagged)
         summary["flipped_where_twin_flips"] = mean(out["p_counterfactual"] <= threshold, twin_flips)
-    if summary["mean_area_lesion_images"]:
+    if summary["mean_area_lesion_images"] and summary["mean_area_healthy_images"] is not None:  # a split may lack one
         summary["healthy_to_lesion_area"] = summary["mean_area_healthy_images"] / summary["mean_area_lesion_images"]
     if randomization_images and bool(flagged.any()):
         images = data["image"][flagged][:randomization_images].to(device)
@@ -127,12 +127,15 @@ def acceptance_summary(
 def main(argv: Sequence[str] | None = None) -> None:
     from monai.bundle import ConfigParser
 
+    from cfattr_monai.bundle import bundle_checkpoint
     from cfattr_monai.explain.counterfactual import load_explainer, read_recorded
 
     parser = argparse.ArgumentParser(description="Acceptance figures of a trained attributor bundle (JSON).")
     parser.add_argument("bundle", type=Path, help="attributor bundle folder")
     parser.add_argument("--overlays", nargs="*", default=[], help="config overlays, relative to the bundle")
-    parser.add_argument("--checkpoint", default="models/model.pt", help="attributor weights, relative to the bundle")
+    parser.add_argument(
+        "--checkpoint", help="attributor weights, relative to the bundle (default: model.pt in the configs' ckpt_dir)"
+    )
     parser.add_argument("--split", default="test")
     parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="also write the JSON to this file")
@@ -140,11 +143,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = ConfigParser()
     config.read_config([str(args.bundle / "configs" / "train.json"), *(str(args.bundle / o) for o in args.overlays)])
     config["bundle_root"] = str(args.bundle)
-    explainer = load_explainer(args.bundle, args.overlays, checkpoint=args.checkpoint, device=args.device)
+    checkpoint = bundle_checkpoint(args.bundle, args.overlays, args.checkpoint)
+    explainer = load_explainer(args.bundle, args.overlays, checkpoint=checkpoint, device=args.device)
     # θ and δ the attributor was trained for (recorded beside its weights); the config's only when none is
     # recorded — with a data overlay the config would recompute θ on that data set's validation split, and a
     # --delta given to training is not in the config at all
-    ckpt_dir = (args.bundle / args.checkpoint).parent
+    ckpt_dir = checkpoint.parent
     threshold, delta = (read_recorded(ckpt_dir, key) for key in ("classification_threshold", "delta"))
     if threshold is None:
         threshold = float(config.get_parsed_content("classification_threshold"))

@@ -100,7 +100,7 @@ def evaluate_attribution(
     examples: int = 4,
     device: str | torch.device = "cpu",
     image_size: Sequence[int] | None = None,
-    checkpoint: str | Path = "models/model.pt",
+    checkpoint: str | Path | None = None,
 ) -> dict:
     """Run ours, Grad-CAM and saliency on the lesion images of ``split`` and write the Table 1 metrics.
 
@@ -120,7 +120,8 @@ def evaluate_attribution(
         image_size: input size of the networks (MONAI axis order); None: the bundle's ``image_size`` (its
             ``configs/inference.json`` plus ``overlays``), so prepared images of another size are resized as in
             training.
-        checkpoint: the attributor weights, relative to ``attributor_bundle`` (or absolute); the classifier
+        checkpoint: the attributor weights, relative to ``attributor_bundle`` (or absolute); None: ``model.pt`` in
+            the ``ckpt_dir`` of the bundle's ``configs/inference.json`` plus ``overlays``. The classifier
             fingerprint and θ are read from its folder.
 
     Returns:
@@ -131,6 +132,7 @@ def evaluate_attribution(
         ValueError: ``area_reference`` is unknown, or the split has no lesion image (no pathological image when the
             data set has no lesion masks at all).
     """
+    from cfattr_monai.bundle import bundle_checkpoint
     from cfattr_monai.explain.counterfactual import load_explainer, read_classification_threshold
     from cfattr_monai.io.explanations import bundle_image_size
     from cfattr_monai.metrics.marginalization import load_split
@@ -149,15 +151,17 @@ def evaluate_attribution(
             f"evaluate_attribution: no pathological image{' with a lesion mask' if annotated.any() else ''} "
             f"(label 1) in '{split}' of {datalist}; Table 1 needs them."
         )
-    explainer = load_explainer(attributor_bundle, overlays, checkpoint=str(checkpoint), device=device)
+    checkpoint = bundle_checkpoint(attributor_bundle, overlays, checkpoint)
+    explainer = load_explainer(attributor_bundle, overlays, checkpoint=checkpoint, device=device)
     images, lesions, organs = data["image"][keep], data["lesion"][keep], data["organ"][keep]
     maps = attribution_maps(explainer, images, batch_size)
     fragment, per_image = localization_study(maps, lesions, organs if area_reference == "organ" else None)
 
-    # θ: flagged when p(c|I) ≥ θ, flipped when p(c|π(M̂)) < θ — the operating point the attributor was trained for
-    theta = read_classification_threshold((Path(attributor_bundle) / checkpoint).parent)
+    # θ: flagged when p(c|I) ≥ θ, flipped when p(c|π(M̂)) ≤ θ (as in training and the acceptance figures) — the
+    # operating point the attributor was trained for
+    theta = read_classification_threshold(checkpoint.parent)
     flagged = maps["p"] >= theta
-    flipped = flagged & (maps["p_counterfactual"] < theta)
+    flipped = flagged & (maps["p_counterfactual"] <= theta)
     fragment.update(
         flip_rate=float(flipped.sum() / flagged.sum()) if flagged.any() else float("nan"),
         n_lesion_images=int(keep.sum()),
