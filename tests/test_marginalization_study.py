@@ -116,6 +116,22 @@ def test_lesion_inpainting_needs_lesion_masks(tmp_path, annotated):
     assert save_fig1c(results, tmp_path / "fig.png").stat().st_size > 1000
 
 
+def test_the_fig1c_curve_encloses_the_printed_auc_also_with_tied_scores():
+    """A classifier that gives half the images the same score: ties count ½, on the curve as in the AUC."""
+    images = torch.zeros(8, 1, 16, 16)
+    images[:, :, 0, :8] = torch.tensor([0.0, 0.2, 0.5, 0.5, 0.5, 0.5, 0.7, 0.9])[:, None, None]
+    data = {"image": images, "lesion": torch.zeros_like(images), "organ": torch.ones_like(images),
+            "label": torch.tensor([0, 0, 0, 1, 0, 1, 1, 1])}
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 1)).eval()
+    with torch.no_grad():
+        classifier[1].weight.zero_()
+        classifier[1].weight[0, 0] = 4.0
+        classifier[1].bias.fill_(-2.0)
+    results = marginalization_study(classifier, {"inpaint": get_marginalizer("mean")}, data, n_runs=1)
+    curve = results["roc"]["none"]
+    assert np.trapezoid(curve["tpr"], curve["fpr"]) == pytest.approx(results["auc_none"]["mean"]) == 0.875
+
+
 @pytest.mark.parametrize("image_size", [None, (16, 16), (40, 24)])
 def test_split_is_resized_to_the_networks_input(datalist, image_size):
     data = load_split(datalist, "test", image_size)

@@ -51,11 +51,12 @@ from scipy.ndimage import binary_dilation
 from cfattr_monai.data.phantoms import write_healthy_twins
 from cfattr_monai.data.validate import check_datalist
 from cfattr_monai.io.outputs import atomic_path, save_figure
+from cfattr_monai.metrics.roc import roc_curve
 from cfattr_monai.networks.classifier_output import pathology_probability
 from cfattr_monai.transforms.marginalize import Marginalizer
 from cfattr_monai.transforms.masks import irregular_hole_mask
 
-__all__ = ["hole_psnr", "hole_ssim", "load_split", "load_study_data", "load_twins", "marginalization_study", "roc_curve",
+__all__ = ["hole_psnr", "hole_ssim", "load_split", "load_study_data", "load_twins", "marginalization_study",
            "save_fig1c", "write_study"]
 
 logger = logging.getLogger(__name__)
@@ -128,15 +129,6 @@ def load_study_data(datalist: str | Path, split: str = "test", image_size: Seque
     if twins is not None:
         data["twin"] = twins
     return data
-
-
-def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates at every score threshold, from (0, 0) to (1, 1)."""
-    order = np.argsort(-scores, kind="stable")
-    hits = labels[order] == 1
-    tpr = np.concatenate([[0.0], np.cumsum(hits) / max(hits.sum(), 1)])
-    fpr = np.concatenate([[0.0], np.cumsum(~hits) / max((~hits).sum(), 1)])
-    return fpr, tpr
 
 
 def hole_psnr(filled: torch.Tensor, original: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
@@ -300,7 +292,7 @@ def marginalization_study(
         "sensitivity_floor": {"noise_std": floor_noise_std, "mean_abs_dp_healthy": float(np.mean(floor_dp)), "psnr": float(np.mean(floor_psnr))},
         **({"twin_abs_dp": {name: float(np.mean(v)) for name, v in twin_dp.items()},
             "twin_psnr": {name: float(np.mean(v)) for name, v in twin_psnr.items()}} if twins is not None else {}),
-        "roc": {key: dict(zip(("fpr", "tpr"), map(np.ndarray.tolist, roc_curve(labels.numpy(), p.numpy())))) for key, p in roc.items()},
+        "roc": {key: dict(zip(("fpr", "tpr"), map(np.ndarray.tolist, roc_curve(p.numpy(), labels.numpy())[:2]))) for key, p in roc.items()},
         "settings": {"n_runs": n_runs, "hole_ratio": list(hole_ratio), "seed": seed, "n_images": len(labels), "n_healthy": int(healthy.sum())},
     }
 
