@@ -243,6 +243,19 @@ def test_bad_input_stops_with_a_clear_error_and_no_partial_output(tmp_path, writ
     _assert_consistent(out)
 
 
+def test_a_resume_from_another_working_directory_skips_what_is_done(tmp_path, monkeypatch):
+    """The table lists each image by its absolute path, so relative inputs resume from any folder."""
+    _inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        explain_images(ThresholdExplainer(fail_on_call=2), [Path("in")], out, (COLS, ROWS), 2, progress=False)
+    monkeypatch.chdir(tmp_path / "in")
+    summary = explain_images(ThresholdExplainer(), [Path(".")], out, (COLS, ROWS), 2, resume=True, progress=False)
+    assert (summary["explained"], summary["already_done"]) == (2, 2)
+    assert len({r["overlay"] for r in _rows(out)}) == 4 and all(Path(r["image"]).is_absolute() for r in _rows(out))
+
+
 def test_a_crash_leaves_a_consistent_folder_and_a_rerun_resumes(tmp_path):
     files = _inputs(tmp_path / "in")
     out = tmp_path / "out"
@@ -442,3 +455,19 @@ def test_cli_explain_into_an_earlier_table_is_a_user_error(tmp_path, fake_bundle
     err = capsys.readouterr().err
     assert err.startswith("cfattr explain: error:") and message in err and "Traceback" not in err
     assert (tmp_path / "out" / "explanations.csv").read_text() == "earlier table\n"
+
+
+@pytest.mark.parametrize("bundle", ["classifier", "attributor"])
+def test_images_are_resized_as_the_bundles_resize_them(bundle):
+    """Another size than the network's is resized as in the bundles' training, which the classifier has seen."""
+    from monai.bundle import ConfigParser
+    from monai.data import MetaTensor
+    from monai.transforms import Resized
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / "train.json"))
+    parser["image_size"] = [24, 32]
+    resize = next(t for t in parser.get_parsed_content("preprocessing") if isinstance(t, Resized))
+    image = MetaTensor(torch.rand(1, 48, 40))
+    expected = torch.as_tensor(resize({"image": image})["image"])
+    assert torch.allclose(explanations._to_network(image, (24, 32)), expected, atol=1e-6)

@@ -8,13 +8,14 @@ For every input image, in a stream of batches (a folder of any size never sits i
     <stem>_counterfactual.png    π(M̂): the image with the attributed region replaced by healthy tissue
     <stem>_overlay_sc.dcm        DICOM inputs only: the overlay as an RGB Secondary Capture of the study
     <stem>_mask_sc.dcm           DICOM inputs only: M̂ as a grey Secondary Capture (0/255)
-    explanations.csv             one row per image, appended and flushed when all its files exist; with
-                                 ``resume`` a re-run skips the images already listed (e.g. after a crash)
+    explanations.csv             one row per image (by its absolute path), appended and flushed when all its
+                                 files exist; with ``resume`` a re-run skips the images already listed (e.g.
+                                 after a crash)
 
 Images of another size than the network's input (``image_size`` in the bundle config, or ``--image-size``) are
-resized to it (MONAI ``Resize``, mode ``area``, as in the bundles' pre-processing); the maps are resized back to the
-image's grid (soft map bilinear, binary map nearest) and the full-resolution counterfactual keeps the original pixels
-outside M̂. Every file is written atomically; output stems come from the file name (or, for DICOM, the SOP Instance
+resized to it (MONAI ``Resize``, bilinear with anti-aliasing, as in the bundles' pre-processing); the maps are resized
+back to the image's grid (soft map bilinear, binary map nearest) and the full-resolution counterfactual keeps the
+original pixels outside M̂. Every file is written atomically; output stems come from the file name (or, for DICOM, the SOP Instance
 UID) through :func:`~cfattr_monai.io.outputs.safe_stem`, so no input name can place a file outside ``--out``.
 """
 
@@ -154,7 +155,7 @@ def _to_network(image: MetaTensor, image_size: tuple[int, int]) -> torch.Tensor:
     tensor = image.as_tensor()
     if tuple(tensor.shape[1:]) == image_size:
         return tensor
-    return Resize(image_size, mode="area")(tensor)
+    return Resize(image_size, mode="bilinear", anti_aliasing=True)(tensor)  # as the classifier bundle resizes
 
 
 def _to_source_grid(out: dict[str, torch.Tensor], i: int, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -326,7 +327,7 @@ def _write_item(
     area = float((mask > 0).sum())
     foreground = float((image.as_tensor() > FOREGROUND_LEVEL).sum())
     return {
-        "image": str(path),
+        "image": str(path.resolve()),  # absolute: a --resume from another working directory finds it
         "p": f"{float(out['p'][i]):.6f}",
         "p_counterfactual": f"{float(out['p_counterfactual'][i]):.6f}",
         "map_area_px": int(area),
