@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from cfattr_monai.data.cbis_ddsm import prepare_cbis_ddsm, read_dicom
-from cfattr_monai.data.datalist import grouped_split
+from cfattr_monai.data.datalist import grouped_split, staged_folder
 from cfattr_monai.data.datasets import parse_mias_info, prepare_mini_mias, prepare_shenzhen
 from cfattr_monai.data.organ import breast_mask
 
@@ -379,3 +380,21 @@ def test_real_shenzhen_montgomery(shared_data, tmp_path):
     _assert_schema(datalist, patient_of=lambda item: Path(item["image"]).stem[:-2])
     items = [item for part in _items(datalist).values() for item in part]
     assert len(items) == 326 and sum(item["label"] for item in items) == 144
+
+
+def test_a_replaced_folder_goes_only_once_the_new_one_is_in_place(tmp_path, monkeypatch):
+    """A failure while deleting the old folder leaves the new one at the output path, never neither."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if ".out.old." in str(path):
+            raise OSError("disk error")
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    with pytest.raises(OSError, match="disk error"), staged_folder(out, replaceable=lambda folder: True) as staging:
+        (staging / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"]

@@ -94,11 +94,11 @@ def staged_folder(out_dir, replaceable: Callable[[Path], bool] = lambda folder: 
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         yield staging
+        retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
         if out_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
             os.replace(out_dir, retired / out_dir.name)
-            shutil.rmtree(retired)
-        os.replace(staging, out_dir)
+        os.replace(staging, out_dir)  # the old folder is deleted only once the new one is in place
+        shutil.rmtree(retired)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

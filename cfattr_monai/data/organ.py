@@ -6,8 +6,9 @@ and the pectoral muscle in the upper chest-wall corner of mediolateral-oblique v
 1. smooth (Gaussian, σ = 1 % of the width) and threshold at a fraction of the tissue intensity (robust to labels);
 2. keep the largest connected component (labels and marks are separate blobs), fill its holes, open it;
 3. remove the pectoral muscle: the bright component touching the chest-wall edge in the upper half of the image,
-   found by a second threshold inside the breast (Otsu), kept only when it is wedge-like (touches the top or the
-   chest-wall edge near the top and is a moderate part of the breast).
+   found by a second threshold inside the breast (halfway between the median of the chest-wall corner and that of
+   the breast), kept only when it is wedge-like (touches the top or the chest-wall edge near the top and is a
+   moderate part of the breast).
 
 This is the "threshold + largest component" recipe of the paper's pre-processing, not a segmentation model:
 pectoral removal fails on some dense breasts and is reported as such (docs/phantoms.md).
@@ -18,29 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["breast_mask", "otsu_threshold"]
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold: the cut maximizing the between-class variance of ``values`` (a flat array).
-
-    Returns the centre of the last bin of the lower class (the first such bin when several cuts tie, as for two
-    values): values above it form the upper class.
-
-    Example:
-        >>> values = np.r_[np.zeros(50), np.ones(50)]
-        >>> t = otsu_threshold(values)
-        >>> int((values > t).sum()), 0.0 < t < 1.0
-        (50, True)
-    """
-    counts, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2.0
-    weight_low = np.cumsum(counts)
-    weight_high = weight_low[-1] - weight_low
-    mean_low = np.cumsum(counts * centres) / np.maximum(weight_low, 1)
-    mean_high = ((counts * centres).sum() - np.cumsum(counts * centres)) / np.maximum(weight_high, 1)
-    between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    return float(centres[int(np.argmax(between))])
+__all__ = ["breast_mask"]
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:

@@ -55,7 +55,8 @@ class Difficulty:
     Args:
         contrast: range of the lesion's peak intensity added to the tissue (image in [0, 1]).
         radius: range of the lesion radius as a fraction of the image width.
-        max_lesions: a pathological image carries 1 … ``max_lesions`` lesions (1 with probability 0.7).
+        max_lesions: a pathological image carries 1 … ``max_lesions`` lesions (one with probability
+            0.7 + 0.3 / ``max_lesions``: 0.7 picks one, else the count is drawn uniformly from 1 … ``max_lesions``).
         prevalence: fraction of pathological images in a written data set (0.5 = balanced classes).
         texture: amplitude of the background texture that camouflages the lesions.
         spiculated: fraction of spiculated masses (mammo only).

@@ -13,18 +13,23 @@ class CounterfactualPreviewHandler:
     """After each evaluation, log the last batch's first ``count`` images as rows of image | map | π(M̂).
 
     The evaluator's network must be a :class:`~cfattr_monai.explain.counterfactual.CounterfactualExplainer` (its
-    ``pred`` is the explainer's output dict) and ``decollate=False``. The global step is the trainer's epoch when
-    ``trainer`` is given, else the evaluator's.
+    ``pred`` is the explainer's output dict) and ``decollate=False``. The global step counts the evaluations
+    (1, 2, …: with one validation per training epoch, the epoch).
 
     Args:
         log_dir: TensorBoard log folder.
-        trainer: the training engine (for the step number).
         count: images per preview.
         tag: TensorBoard image tag.
 
     Example:
-        >>> handler = CounterfactualPreviewHandler("runs")  # doctest: +SKIP
-        >>> handler.attach(evaluator)  # doctest: +SKIP
+        >>> import tempfile
+        >>> from ignite.engine import Engine
+        >>> output = {"image": torch.rand(2, 1, 8, 8),
+        ...           "pred": {"map": torch.rand(2, 1, 8, 8), "counterfactual": torch.rand(2, 1, 8, 8)}}
+        >>> evaluator = Engine(lambda engine, batch: output)
+        >>> CounterfactualPreviewHandler(tempfile.mkdtemp(), count=2).attach(evaluator)
+        >>> evaluator.run([0]).epoch
+        1
     """
 
     def __init__(self, log_dir: str, count: int = 4, tag: str = "counterfactual") -> None:

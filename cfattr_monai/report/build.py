@@ -36,6 +36,14 @@ def _read_json(value: JsonInput) -> Mapping | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _read_npz(path: str | Path) -> dict[str, np.ndarray] | None:
+    """The arrays of an ``.npz`` file, read into memory and the file closed, or None when it does not exist."""
+    if not Path(path).is_file():
+        return None
+    with np.load(path) as archive:
+        return dict(archive)
+
+
 def _attribution_section(attribution: Mapping | None, examples, out_dir: Path) -> list[str]:
     lines = ["## Attribution: localization against the lesion ground truth (paper Table 1)", ""]
     if attribution is None:
@@ -197,7 +205,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     attribution, marginalization, acceptance = map(_read_json, (attribution, marginalization, acceptance))
     if isinstance(examples, (str, Path)):
-        examples = dict(np.load(examples)) if Path(examples).is_file() else None
+        examples = _read_npz(examples)
     records = [r for r in map(_read_json, timing) if r is not None]
     lines = [f"# {title}", ""]
     lines += _attribution_section(attribution, examples, out_dir)
