@@ -52,6 +52,27 @@ def test_maps_have_image_shape_are_finite_and_leave_the_classifier_alone(method,
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
+class TwoLogits(MobileNetV1):
+    """The tiny MobileNet with two logits (healthy, pathology) whose log-odds z1 − z0 is the one-logit net's z; the
+    healthy logit z0 reads the pixels directly, so explaining z0 or z1 alone gives other maps."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = super().forward(x)
+        z0 = 5.0 * x.flatten(1).mean(dim=1, keepdim=True)
+        return torch.cat([z0, z + z0], dim=1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_two_logit_classifier_is_explained_by_its_pathology_log_odds(method):
+    one = tiny_mobilenet(frozen=True)
+    two = TwoLogits(width_mult=0.25).eval().requires_grad_(False)
+    two.load_state_dict(one.state_dict())
+    images = torch.rand(2, 1, 64, 48)
+    assert torch.allclose(METHODS[method](two)(images), METHODS[method](one)(images), atol=1e-5)
+    assert not two._forward_hooks  # the output is read as log-odds only during the call
+    assert two(images).shape == (2, 2)
+
+
 def test_batched_saliency_computes_no_weight_gradients():
     net = tiny_mobilenet(frozen=False)
     saliency_batched(net, torch.rand(2, 1, 64, 64))

@@ -22,8 +22,9 @@ which evaluates under ``no_grad``. The classifier's weights may be frozen (``req
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,7 @@ __all__ = [
     "gradcam_head_only",
     "gradcam_target_layer",
     "normalize_per_image",
+    "pathology_output",
     "saliency_batched",
 ]
 
@@ -55,7 +57,8 @@ GRADCAM_TARGET_LAYERS: dict[type[nn.Module], str] = {
     ResNet: "layer4",
     EfficientNet: "_swish",
 }
-#: The pathology logit is the single output of the binary classifiers (``classifier_output``).
+#: The pathology logit's column in MONAI's ``class_idx``: the single output of a binary classifier, or of a two-logit
+#: one read through :func:`pathology_output` (``classifier_output``).
 PATHOLOGY_INDEX = 0
 
 
@@ -92,6 +95,29 @@ def normalize_per_image(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return (maps - low.view(shape)) / (high - low).clamp_min(eps).view(shape)
 
 
+@contextlib.contextmanager
+def pathology_output(classifier: nn.Module) -> Iterator[nn.Module]:
+    """While active, ``classifier`` outputs its pathology log-odds ``(B, 1)`` (:func:`pathology_logit`) also when it
+    has two logits ``(B, 2)``, so that MONAI's ``class_idx=0`` explains the pathology; a ``(B, 1)`` output is left
+    as it is.
+
+    Example:
+        >>> two_logits = nn.Linear(3, 2)
+        >>> with pathology_output(two_logits):
+        ...     two_logits(torch.rand(4, 3)).shape
+        torch.Size([4, 1])
+    """
+
+    def log_odds(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor | None:
+        return None if output.ndim == 2 and output.shape[1] == 1 else pathology_logit(output)[:, None]
+
+    handle = classifier.register_forward_hook(log_odds)
+    try:
+        yield classifier
+    finally:
+        handle.remove()
+
+
 def _gradient_ready(images: torch.Tensor) -> torch.Tensor:
     """A copy of ``images`` outside inference mode that requires grad (so frozen classifiers still backprop)."""
     return images.detach().clone().requires_grad_(True)
@@ -101,7 +127,8 @@ class GradCAMBaseline:
     """Grad-CAM of the pathology logit through :class:`monai.visualize.GradCAM`, batched.
 
     Args:
-        classifier: binary classifier, output (B, 1) pathology logit; frozen weights allowed.
+        classifier: binary classifier, output (B, 1) or (B, 2) (explained: the pathology log-odds,
+            :func:`pathology_output`); frozen weights allowed.
         target_layer: name of the layer whose activations and gradients are used; default from
             :func:`gradcam_target_layer`.
 
@@ -113,13 +140,13 @@ class GradCAMBaseline:
     """
 
     def __init__(self, classifier: nn.Module, target_layer: str | None = None) -> None:
-        self.target_layer = gradcam_target_layer(classifier, target_layer)
+        self.classifier, self.target_layer = classifier, gradcam_target_layer(classifier, target_layer)
         # MONAI's default post-processing maps (min, max) to (1, 0); attribution maps keep 1 = most attributed.
         self.cam = GradCAM(nn_module=classifier, target_layers=self.target_layer, postprocessing=normalize_per_image)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Maps (B, 1, H, W) in [0, 1] for images (B, 1, H, W)."""
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), pathology_output(self.classifier):
             maps = self.cam(_gradient_ready(images), class_idx=PATHOLOGY_INDEX)
         return maps.detach()
 
@@ -130,7 +157,8 @@ class SaliencyBaseline:
     VanillaGrad accepts one image at a time; a batch is looped over, as a user of MONAI's implementation does.
 
     Args:
-        classifier: binary classifier, output (B, 1) pathology logit; frozen weights allowed.
+        classifier: binary classifier, output (B, 1) or (B, 2) (explained: the pathology log-odds,
+            :func:`pathology_output`); frozen weights allowed.
 
     Example:
         >>> from cfattr_monai.networks.mobilenet import MobileNetV1
@@ -139,11 +167,11 @@ class SaliencyBaseline:
     """
 
     def __init__(self, classifier: nn.Module) -> None:
-        self.saliency = VanillaGrad(classifier)
+        self.classifier, self.saliency = classifier, VanillaGrad(classifier)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Maps (B, 1, H, W) in [0, 1] for images (B, 1, H, W)."""
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), pathology_output(self.classifier):
             grads = [self.saliency(_gradient_ready(image[None]), index=PATHOLOGY_INDEX) for image in images]
         return normalize_per_image(torch.cat(grads).abs().amax(dim=1, keepdim=True))
 
