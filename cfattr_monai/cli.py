@@ -155,6 +155,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:  # RuntimeError: a failed step
         print(f"cfattr {args.command}: error: {error}", file=sys.stderr)
         return 2

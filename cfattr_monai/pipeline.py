@@ -60,7 +60,8 @@ def pipeline_steps(task: str, datalist: str | Path | None = None) -> list[Step]:
 
     Args:
         task: a key of :data:`TASK_OVERLAYS`.
-        datalist: MONAI datalist JSON to use instead of each bundle's default (the demo phantoms).
+        datalist: MONAI datalist JSON to use instead of each bundle's default (the demo phantoms); no phantoms are
+            made then (``--phantoms False``).
 
     Raises:
         ValueError: unknown task.
@@ -68,7 +69,8 @@ def pipeline_steps(task: str, datalist: str | Path | None = None) -> list[Step]:
     if task not in TASK_OVERLAYS:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_OVERLAYS)}.")
     overlays = TASK_OVERLAYS[task]
-    common = {"datalist": str(Path(datalist).resolve())} if datalist is not None else {}
+    # a given data set replaces the phantoms: no bundle makes phantoms into its folder
+    common = {"datalist": str(Path(datalist).resolve()), "phantoms": "False"} if datalist is not None else {}
     # the bundles a bundle reads (and, for the attributor's Table 1, itself) are loaded with the same task overlays
     reads = {"classifier": (), "inpainter": ("classifier",), "attributor": ("classifier", "inpainter", "attributor")}
     steps = []
@@ -106,7 +108,7 @@ def run_step(step: Step, fresh: bool = False, bundles_dir: Path = BUNDLES_DIR) -
     """
     bundle_dir = bundles_dir / step.bundle
     if step.trains and not fresh and (model := trained_model(step, bundles_dir)).is_file():
-        print(f"[pipeline] {step.name}: skipped, {model} exists (FRESH=1 retrains)")
+        print(f"[pipeline] {step.name}: skipped, {model} exists (--fresh or make demo FRESH=1 retrains)")
         return 0.0
     cmd = _command(step)
     print(f"[pipeline] {step.name}: {' '.join(cmd[1:])}", flush=True)

@@ -14,6 +14,10 @@ Secondary Captures filed into the source study, plus NIfTI maps, PNGs and ``expl
 Run (see deploy/README.md)::
 
     CFATTR_BUNDLE=bundles/attributor python deploy/app.py -i <dicom study folder> -o <output folder>
+
+Settings come from the environment (:func:`operator_settings`): ``CFATTR_BUNDLE`` (the attributor bundle folder),
+``CFATTR_OVERLAYS`` (its task overlays, comma-separated, e.g. ``configs/task_mammo.json``: the weights are then read
+from that task's ``models_mammo/``), ``CFATTR_DEVICE`` (default ``cpu``) and ``CFATTR_BATCH_SIZE`` (default 8).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from monai.deploy.conditions import CountCondition
@@ -30,11 +35,30 @@ from monai.deploy.operators import DICOMDataLoaderOperator, DICOMSeriesSelectorO
 from cfattr_monai.explain.counterfactual import load_explainer
 from cfattr_monai.io.explanations import bundle_image_size, explain_images
 
-BUNDLE_ENV = "CFATTR_BUNDLE"
+BUNDLE_ENV, OVERLAYS_ENV = "CFATTR_BUNDLE", "CFATTR_OVERLAYS"
+DEVICE_ENV, BATCH_SIZE_ENV = "CFATTR_DEVICE", "CFATTR_BATCH_SIZE"
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "attributor"
 RADIOGRAPH_RULES = json.dumps(
     {"selections": [{"name": "radiograph", "conditions": {"Modality": "(?i)^(MG|CR|DX)$"}}]}
 )  # projection radiographs: mammography, computed and digital radiography
+
+
+def operator_settings(environ: Mapping[str, str]) -> dict:
+    """The attribution operator's ``bundle``, ``overlays``, ``device`` and ``batch_size`` from the environment.
+
+    Raises:
+        ValueError: ``CFATTR_BATCH_SIZE`` is not a positive integer.
+    """
+    batch_size = environ.get(BATCH_SIZE_ENV, "8").strip()
+    if not batch_size.isdigit() or int(batch_size) < 1:
+        raise ValueError(f"{BATCH_SIZE_ENV}={batch_size!r}: expected a positive integer (images per forward pass).")
+    overlays = tuple(o.strip() for o in environ.get(OVERLAYS_ENV, "").split(",") if o.strip())
+    return {
+        "bundle": environ.get(BUNDLE_ENV, DEFAULT_BUNDLE),
+        "overlays": overlays,
+        "device": environ.get(DEVICE_ENV, "cpu"),
+        "batch_size": int(batch_size),
+    }
 
 
 class CounterfactualAttributionOperator(Operator):
@@ -42,7 +66,7 @@ class CounterfactualAttributionOperator(Operator):
 
     Args:
         fragment: the application.
-        bundle: attributor bundle folder (with ``models/model.pt``; classifier and inpainter bundles as it names).
+        bundle: attributor bundle folder (trained; classifier and inpainter bundles as it names).
         output_folder: where the outputs go (created).
         overlays: task overlays of the attributor bundle, e.g. ``["configs/task_mammo.json"]``.
         batch_size: images per forward pass.
@@ -114,10 +138,7 @@ class CounterfactualAttributionApp(Application):
         )
         selector = DICOMSeriesSelectorOperator(self, rules=RADIOGRAPH_RULES, all_matched=True, name="selector")
         attribution = CounterfactualAttributionOperator(
-            self,
-            bundle=os.environ.get(BUNDLE_ENV, DEFAULT_BUNDLE),
-            output_folder=Path(context.output_path),
-            name="attribution",
+            self, output_folder=Path(context.output_path), name="attribution", **operator_settings(os.environ)
         )
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(selector, attribution, {("study_selected_series_list", CounterfactualAttributionOperator.INPUT)})

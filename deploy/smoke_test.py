@@ -23,6 +23,17 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITAL_MAMMOGRAPHY = "1.2.840.10008.5.1.4.1.1.1.2"
+MARKER = ".cfattr_deploy_smoke_test"  # written into --work: only such a folder is emptied by a later run
+
+
+def fresh_work_folder(work: Path) -> Path:
+    """Empty ``work`` for a new run; a non-empty folder this script did not make is refused, never deleted."""
+    if work.is_dir() and any(work.iterdir()) and not (work / MARKER).is_file():
+        raise SystemExit(f"--work {work} is not empty and was not made by this script; pass a new or empty folder.")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / MARKER).touch()
+    return work
 
 
 def write_study(folder: Path, n: int = 3, size: int = 128) -> list[Dataset]:
@@ -57,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/cfattr_deploy"))
     parser.add_argument("--bundle", type=Path, help="trained attributor bundle (default: random weights)")
     args = parser.parse_args(argv)
-    shutil.rmtree(args.work, ignore_errors=True)
+    fresh_work_folder(args.work)
     if args.bundle is None:
         spec = importlib.util.spec_from_file_location("memory_benchmark", REPO / "scripts" / "memory_benchmark.py")
         benchmark = importlib.util.module_from_spec(spec)

@@ -400,6 +400,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.inpainter_bundle and (args.inpainter_ckpt or args.inpainter_levels) else "",
         "--attributor-bundle brings its own inpainter: drop --inpainter-bundle"
         if args.inpainter_bundle and args.attributor_bundle else "",
+        "--attributor-bundle brings its own networks: drop --classifier-ckpt, --attributor-ckpt, --inpainter-ckpt and "
+        "--inpainter-levels" if args.attributor_bundle and (args.classifier_ckpt or args.attributor_ckpt
+                                                           or args.inpainter_ckpt or args.inpainter_levels) else "",
+        "--overlays and --checkpoint apply to an --attributor-bundle only"
+        if not args.attributor_bundle and (args.overlays or args.checkpoint) else "",
+        "--inpainter-overlays applies to an --inpainter-bundle only"
+        if not args.inpainter_bundle and args.inpainter_overlays else "",
         "--device cuda requested but torch.cuda.is_available() is False" if args.device == "cuda"
         and not torch.cuda.is_available() else "",
     ]

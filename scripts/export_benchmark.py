@@ -25,7 +25,7 @@ from monai.bundle import ConfigParser
 REPO = Path(__file__).resolve().parents[1]
 
 
-def attributor(size: int) -> torch.nn.Module:
+def attributor() -> torch.nn.Module:
     """The attributor bundle's network with a random classifier of the classifier bundle's configuration."""
     parsers = {}
     for name in ("classifier", "attributor"):
@@ -46,14 +46,14 @@ def images_per_second(run, batch: torch.Tensor, batches: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=128, help="image side (the attributor bundle's image_size)")
+    parser.add_argument("--size", type=int, default=128, help="image side of the timed batch (default: the demo's 128)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=10, help="timed forward passes per backend")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of every backend")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    net = attributor(args.size)
+    net = attributor()
     batch = torch.rand(args.batch_size, 1, args.size, args.size)
     results = {}
     with torch.no_grad(), warnings.catch_warnings():

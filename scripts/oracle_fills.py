@@ -37,10 +37,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--split", default="test")
     parser.add_argument("--classifier-bundle", type=Path, default=ROOT / "bundles/classifier")
     parser.add_argument("--classifier-overlays", nargs="*", default=[], help="the classifier's task overlays")
-    parser.add_argument("--classifier-checkpoint", default=None, help="weights file (default: the overlays' ckpt_dir)")
+    parser.add_argument("--classifier-checkpoint", default=None,
+                        help="weights, relative to the bundle folder or absolute (default: the overlays' ckpt_dir)")
     parser.add_argument("--inpainter-bundle", type=Path, default=ROOT / "bundles/inpainter")
     parser.add_argument("--inpainter-overlays", nargs="*", default=[], help="the inpainter's task overlays")
-    parser.add_argument("--inpainter-checkpoint", default=None, help="weights file (default: the overlays' ckpt_dir)")
+    parser.add_argument("--inpainter-checkpoint", default=None,
+                        help="weights, relative to the bundle folder or absolute (default: the overlays' ckpt_dir)")
     parser.add_argument("--runs", type=int, default=10, help="hole draws (the bundle's evaluation: 10)")
     parser.add_argument("--hole-ratio", type=float, nargs=2, default=(0.02, 0.1))
     parser.add_argument("--seed", type=int, default=0)

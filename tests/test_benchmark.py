@@ -18,8 +18,9 @@ from cfattr_monai.networks.mobilenet import MobileNetV1
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
-TINY = ["--backbone", "mobilenet_v1", "--width-mult", "0.25", "--size", "32", "32", "--batch", "2",
-        "--inpainter-levels", "3", "--repeats", "1", "--warmup", "0", "--iterative-max-iterations", "2"]
+RUN = ["--size", "32", "32", "--batch", "2", "--repeats", "1", "--warmup", "0", "--iterative-max-iterations", "2"]
+TINY = ["--backbone", "mobilenet_v1", "--width-mult", "0.25", "--inpainter-levels", "3", *RUN]
+TINY_BUNDLE = ["--backbone", "mobilenet_v1", *RUN]  # the networks come from --attributor-bundle
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_an_attributor_bundle_is_timed_with_its_recorded_threshold_and_delta(
     benchmark, tiny_bundle, extra, threshold, delta
 ):
     bundle, calls = tiny_bundle
-    result = benchmark.main([*TINY, "--iterative-images", "1", "--attributor-bundle", str(bundle), "--overlays",
+    result = benchmark.main([*TINY_BUNDLE, "--iterative-images", "1", "--attributor-bundle", str(bundle), "--overlays",
                              "configs/a.json", *extra, "--out", str(bundle / "b.json")])
     checkpoint = bundle / "models_a" / "model.pt"  # the overlay's ckpt_dir
     assert calls == [(str(bundle), ["configs/a.json"], checkpoint)]
@@ -134,7 +135,8 @@ def test_the_input_phantoms_are_what_the_classifier_bundle_feeds_its_network(ben
 
 def test_an_attributor_bundle_of_another_backbone_is_refused(benchmark, tiny_bundle):
     bundle, _ = tiny_bundle
-    argv = [*TINY, "--iterative-images", "0", "--attributor-bundle", str(bundle), "--out", str(bundle / "b.json")]
+    argv = [*TINY_BUNDLE, "--iterative-images", "0", "--attributor-bundle", str(bundle),
+            "--out", str(bundle / "b.json")]
     argv[argv.index("mobilenet_v1")] = "densenet121"
     with pytest.raises(ValueError, match="not the --backbone densenet121's DenseNet"):
         benchmark.main(argv)
@@ -232,6 +234,22 @@ def test_bad_checkpoints_name_the_option(benchmark, tmp_path, extra, error, matc
 def test_bad_arguments_exit_with_usage(benchmark, argv):
     with pytest.raises(SystemExit):
         benchmark.parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--attributor-bundle", "a", "--classifier-ckpt", "c.pt"], "--attributor-bundle brings its own networks"),
+        (["--attributor-bundle", "a", "--inpainter-levels", "3"], "--attributor-bundle brings its own networks"),
+        (["--overlays", "configs/task_cxr.json"], "--overlays and --checkpoint apply to an --attributor-bundle"),
+        (["--checkpoint", "models/model.pt"], "--overlays and --checkpoint apply to an --attributor-bundle"),
+        (["--inpainter-overlays", "configs/task_cxr.json"], "--inpainter-overlays applies to an --inpainter-bundle"),
+    ],
+)
+def test_options_the_chosen_networks_would_ignore_are_refused(benchmark, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--backbone", "densenet121", "--size", "64", "64", "--out", "x.json", *extra])
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("repeats, warmup, passes", [(1, 0, 1), (3, 1, 2), (2, 2, 3)])

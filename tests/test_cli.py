@@ -68,3 +68,16 @@ def test_registrars_add_one_command_each():
     commands = build_parser()._subparsers._group_actions[0].choices
     assert {"phantoms", "prepare"} <= set(commands)
     assert all(callable(parser.get_default("func")) for parser in commands.values())
+
+
+def test_a_failed_pipeline_step_names_the_rerun_command_without_a_traceback(tmp_path, capsys, monkeypatch):
+    import cfattr_monai.pipeline as pipeline
+
+    def failing_step(step, fresh=False):
+        raise RuntimeError(f"{step.name} failed (exit 1) after 1 s; rerun it alone with:\n  cd bundles/x && python ...")
+
+    monkeypatch.setattr(pipeline, "run_step", failing_step)
+    assert main(["pipeline", "--task", "demo"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cfattr pipeline: error: classifier/train failed") and "rerun it alone" in err
+    assert "Traceback" not in err

@@ -344,6 +344,7 @@ def test_cli_explain(tmp_path, fake_bundle, capsys):
         (["a.png"], ["--overlays", "configs/nope.json"], "configs/nope.json not found"),
         (["a.png"], ["--image-size", "8", "8"], "image_size must be two sizes of at least 32 px"),
         (["a.png"], ["--out", "a.png"], "--out a.png is a file, expected an output folder"),
+        (["a.png"], ["--device", "gpu"], "--device 'gpu' is not a torch device"),
         pytest.param(["a.png"], ["--device", "cuda:0"], "no CUDA device torch can use; pass --device cpu",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
     ],

@@ -23,6 +23,8 @@ def test_steps_run_the_bundles_in_order_with_the_task_overlays(task, overlays):
     for step in steps:
         assert step.configs[-len(overlays) or len(step.configs):] == overlays or not overlays
         assert step.overrides["datalist"].endswith("datalist.json")
+        assert step.overrides["phantoms"] == "False"  # the given data set, no phantoms made into its folder
+    assert all("datalist" not in s.overrides and "phantoms" not in s.overrides for s in pipeline_steps(task))
     evaluate = steps[1]
     assert evaluate.configs[:2] == ("configs/train.json", "configs/evaluate.json")
     assert json.loads(steps[2].overrides["classifier_overlays"]) == list(overlays)

@@ -16,7 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``explain`` arguments to ``parser`` and set its ``func`` to :func:`run`."""
     parser.add_argument("images", nargs="+", help="image files or folders (PNG, DICOM, NIfTI), walked recursively")
     parser.add_argument("--bundle", required=True, help="trained attributor bundle folder, e.g. bundles/attributor")
-    parser.add_argument("--overlays", nargs="*", default=[], help="config overlays, relative to the bundle folder")
+    parser.add_argument(
+        "--overlays", nargs="*", default=[],
+        help="config overlays, relative to the bundle folder; give them after the images (or end them with --)",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument(
         "--resume", action="store_true",
@@ -47,7 +50,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}.")
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        message = f"--device {args.device!r} is not a torch device ({error}); pass e.g. cpu or cuda:0."
+        raise ValueError(message) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: this machine has no CUDA device torch can use; pass --device cpu.")
     image_size = tuple(args.image_size) if args.image_size else bundle_image_size(args.bundle, args.overlays)
     explainer = load_explainer(args.bundle, args.overlays, device=args.device)
