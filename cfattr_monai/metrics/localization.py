@@ -7,8 +7,11 @@ Continuous baseline maps (Grad-CAM, saliency) are binarized at their own 50th, 7
 * **H** (lower is better): symmetric Hausdorff distance in pixels between the boundaries of M̂ and of a GT
   component, computed by :func:`monai.metrics.compute_hausdorff_distance`. One value per GT component; several
   components → the per-image median (paper: "Where multiple pathologies, or mapping results occurred we used the
-  median for a robust estimation per image"). An empty M̂ scores the image diagonal (the worst distance possible
-  in the image), so a method cannot improve its H by attributing nothing; an empty GT (healthy image) gives NaN.
+  median for a robust estimation per image"). Only the pathologies are split: M̂ enters as a whole, so a stray
+  component of the map counts with its full distance (the stricter reading of "mapping results"; a median over map
+  components as well would lower the H of fragmented maps). An empty M̂ scores the image diagonal (the worst
+  distance possible in the image), so a method cannot improve its H by attributing nothing; an empty GT (healthy
+  image) gives NaN.
 * **L** (higher is better): weak localization (Dabkowski & Gal 2017; Fong et al. 2019; paper refs. [8, 9]). Per
   image, the bounding boxes of the 8-connected components of GT and M̂; a GT box counts as found when some map box
   has IoU ≥ 0.125. The paper prints "IOU ≤ 0.125", an evident slip: with "≤" a map far away from every lesion (IoU
