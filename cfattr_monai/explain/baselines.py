@@ -250,8 +250,8 @@ class IterativeCounterfactual:
 
     Stopping criterion (documented default): the loss has plateaued — relative change
     ``|L_t − L_{t−1}| / max(|L_{t−1}|, 1e-8) < tol`` for ``patience`` consecutive steps — *and* the counterfactual is
-    classified healthy, ``p(c|π(M)) < θ`` (or the image was not flagged in the first place); otherwise after
-    ``max_iterations`` steps. The flip is checked (one extra forward pass) only once the loss has plateaued.
+    classified healthy, ``p(c|π(M)) ≤ θ`` as the flip rate counts it (or the image was not flagged in the first
+    place); otherwise after ``max_iterations`` steps. The flip is checked (one extra forward pass) only once the loss has plateaued.
 
     Args:
         loss: a :class:`~cfattr_monai.losses.attribution.CounterfactualLoss` (``classifier``, ``marginalizer``,
@@ -332,7 +332,7 @@ class IterativeCounterfactual:
         with torch.no_grad():
             terms = self.loss.terms(mask, target)
         p = float(terms["p_counterfactual"][0])
-        return bool(terms["flagged"][0] == 0) or p < self.loss.threshold, p
+        return bool(terms["flagged"][0] == 0) or p <= self.loss.threshold, p
 
     def explain_one(self, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float | int | bool]]:
         """Optimize the mask of one image; ``target`` is (1, C, H, W) as the loss expects it (image [+ organ])."""
