@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+import torch
+from monai.metrics import compute_hausdorff_distance
 
 from cfattr_monai.metrics.localization import (
     METRIC_DIRECTIONS,
@@ -41,6 +43,9 @@ CASES = [
     ("empty GT", boxes((8, 16, 8, 16)), boxes(), math.nan, math.nan),
     # two lesions, the map covers one exactly: H = median(0, 20) = 10, one of two boxes found
     ("two lesions", boxes((2, 6, 2, 6)), boxes((2, 6, 2, 6), (2, 6, 22, 26)), 10.0, 0.5),
+    # two mapping results, one exact and a 2×2 speck whose farthest pair is GT corner (8, 8) to speck (28, 28):
+    # H = median(0, √800) = √200 (the map as one point set would give max(√392, 0) = 19.8)
+    ("two map components", boxes((8, 16, 8, 16), (28, 30, 28, 30)), boxes((8, 16, 8, 16)), math.sqrt(200), 1.0),
     # IoU exactly 1/8 (one 8-pixel column inside an 8×8 GT): found; one pixel shorter (7/64): not found
     ("IoU = 0.125", boxes((0, 8, 7, 8)), boxes((0, 8, 0, 8)), None, 1.0),
     ("IoU < 0.125", boxes((0, 7, 7, 8)), boxes((0, 8, 0, 8)), None, 0.0),
@@ -52,6 +57,30 @@ def test_hausdorff_and_weak_localization(name, binary_map, lesion, expected_h, e
     if expected_h is not None:
         np.testing.assert_allclose(hausdorff_distance(binary_map, lesion), expected_h, rtol=1e-6, equal_nan=True)
     np.testing.assert_allclose(weak_localization(binary_map, lesion), expected_l, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hausdorff_of_one_component_each_equals_monai(seed):
+    """With one map and one GT component, H is MONAI's symmetric boundary Hausdorff distance."""
+    rng = np.random.default_rng(seed)
+    corners = rng.integers(0, SIZE - 6, size=(2, 2))
+    sizes = rng.integers(1, 7, size=(2, 2))
+    binary_map, lesion = (boxes((y, y + h, x, x + w)) for (y, x), (h, w) in zip(corners, sizes))
+    expected = compute_hausdorff_distance(
+        torch.from_numpy(binary_map)[None, None], torch.from_numpy(lesion)[None, None], include_background=True
+    )
+    assert hausdorff_distance(binary_map, lesion) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_hausdorff_is_the_same_when_the_map_is_split_into_distance_matrices(monkeypatch):
+    """A noisy map of many components gives the same H whatever the pair budget of its distance matrices."""
+    import cfattr_monai.metrics.localization as localization
+
+    rng = np.random.default_rng(0)
+    binary_map, lesion = rng.random((SIZE, SIZE)) > 0.8, boxes((8, 16, 8, 16), (20, 24, 2, 6))
+    whole = hausdorff_distance(binary_map, lesion)
+    monkeypatch.setattr(localization, "_PAIR_BUDGET", 50)
+    assert hausdorff_distance(binary_map, lesion) == pytest.approx(whole)
 
 
 @pytest.mark.parametrize(
