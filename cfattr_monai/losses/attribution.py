@@ -159,7 +159,9 @@ def area_penalty(area_value: torch.Tensor, delta: torch.Tensor | float) -> torch
 def mean_lesion_fraction(datalist: str | Path, key: str = "training", lesion_key: str = "lesion") -> float:
     """Mean lesion area of the pathological images of a datalist, as a fraction of the image area.
 
-    The paper's δ for mammography is "n times the average mass size": δ = n × this value.
+    The paper's δ for mammography is "n times the average mass size": δ = n × this value. The average is taken per
+    image, over all the lesions of an image together (a mask holding several masses counts their union): the map has
+    to cover every lesion of an image to flip it, so an image with two masses needs room for both.
 
     Raises:
         FileNotFoundError: the datalist is missing.
