@@ -106,7 +106,7 @@ def test_bad_arguments(kwargs, image_shape, error):
 
 
 def test_unsupported_backbone_is_rejected():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="no feature stages known for Sequential.*register_encoder"):
         AttentionGatedUNet(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3)))
 
 

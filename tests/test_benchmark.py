@@ -232,8 +232,14 @@ def test_bad_checkpoints_name_the_option(benchmark, tmp_path, extra, error, matc
     ],
 )
 def test_bad_arguments_exit_with_usage(benchmark, argv):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stop:
         benchmark.parse_args(argv)
+    assert stop.value.code == 2
+
+
+def test_the_arguments_the_bad_cases_start_from_parse(benchmark):
+    args = benchmark.parse_args(["--backbone", "densenet121", "--size", "64", "64", "--out", "x.json"])
+    assert (args.backbone, args.size, args.batch) == ("densenet121", [64, 64], 8)
 
 
 @pytest.mark.parametrize(

@@ -211,7 +211,7 @@ def test_what_if_fill_keeps_the_true_fill_inside_the_hole():
 
 
 def test_what_if_needs_a_marginalizer():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="what_if_block needs a Marginalizer"):
         CounterfactualLoss(MeanIntensityClassifier(), darken, delta=0.1)
 
 

@@ -15,9 +15,12 @@ from cfattr_monai.networks.attribution import AttentionGatedUNet
 from cfattr_monai.networks.mobilenet import MobileNetV1
 
 
-def _training(scores: list[float], handler: ResumableEarlyStop, max_epochs: int) -> tuple[Engine, list[int]]:
+def _training(
+    scores: list[float], handler: ResumableEarlyStop, max_epochs: int, resume: tuple[int, dict] | None = None
+) -> tuple[Engine, list[int]]:
     """A trainer of one empty iteration per epoch whose epoch ``k`` ends with a validation scoring ``scores[k - 1]``
-    (the last score repeats); returns it and the epochs it ran, after running it."""
+    (the last score repeats); returns it and the epochs it ran, after running it. ``resume=(epoch, state)`` starts
+    after ``epoch`` with the handler's saved ``state``, as a resumed bundle run does."""
     network = AttentionGatedUNet(MobileNetV1(width_mult=0.25))
     trainer = Engine(lambda engine, batch: None)
     trainer.network = network
@@ -29,6 +32,9 @@ def _training(scores: list[float], handler: ResumableEarlyStop, max_epochs: int)
     )
     handler.attach(validator)
     handler.set_trainer(trainer)
+    if resume is not None:
+        handler.load_state_dict(resume[1])
+        trainer.load_state_dict({"epoch": resume[0], "epoch_length": 1, "max_epochs": max_epochs})
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: validator.run([0], max_epochs=1))
     epochs: list[int] = []
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: epochs.append(engine.state.epoch))
@@ -121,7 +127,6 @@ def test_state_resumes_through_a_weights_only_checkpoint(handler_type):
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)["early_stop"]
     second = handler_type(patience=6, score_function=_score, **kwargs)
-    second.set_trainer(Engine(lambda engine, batch: None))
-    second.load_state_dict(state)
-    assert second.state_dict() == first.state_dict()
+    _, epochs_resumed = _training(scores, second, 30, resume=(7, state))
     assert epochs_whole[-1] == 8 and state["counter"] == 5, "one more flat validation stops the resumed run"
+    assert epochs_resumed == [8]

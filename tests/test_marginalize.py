@@ -65,9 +65,16 @@ def test_soft_map_blends_with_the_hard_hole_fill():
 
 
 def test_inpaint_fill_is_in_unit_range_and_uses_the_network():
-    image = torch.rand(1, 1, 16, 16)
-    out = InpaintMarginalizer(tiny_inpainter())(image, attribution()[:1])
+    image, hole = torch.rand(1, 1, 16, 16), attribution()[:1]
+    out = InpaintMarginalizer(tiny_inpainter())(image, hole)
     assert 0.0 <= out.min() and out.max() <= 1.0
+    other = tiny_inpainter()
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(0.5)
+    other_out = InpaintMarginalizer(other)(image, hole)
+    assert not torch.allclose(out[hole > 0], other_out[hole > 0])  # the fill comes from the network's weights
+    torch.testing.assert_close(out[hole == 0], other_out[hole == 0])  # outside the hole the image stays
 
 
 def test_mean_fills_with_the_mean_of_the_valid_organ():

@@ -111,8 +111,10 @@ def test_torchscript(compile_fn):
     pconv = PartialConv2d(2, 3, 3, stride=2, padding=1)
     x, mask = torch.rand(1, 2, 12, 12), hole_mask(batch=1, size=12, hole=(2, 8, 2, 8))
     compiled = torch.jit.script(pconv) if compile_fn == "script" else torch.jit.trace(pconv, (x, mask))
-    for got, want in zip(compiled(x, mask), pconv(x, mask)):
-        torch.testing.assert_close(got, want)
+    other = torch.rand(3, 2, 12, 12), hole_mask(batch=3, size=12, hole=(0, 5, 6, 12))  # not the traced input
+    for inputs in ((x, mask), other):
+        for got, want in zip(compiled(*inputs), pconv(*inputs)):
+            torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize(

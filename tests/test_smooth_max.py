@@ -88,9 +88,14 @@ def test_empty_map_stays_empty():
 
 
 @pytest.mark.parametrize(
-    "shape, kwargs",
-    [((1, 64, 64), {}), ((1, 2, 64, 64), {}), ((1, 1, 64, 64), {"sigma_fraction": 0.0}), ((1, 1, 64, 64), {"cells_per_sigma": 0.5})],
+    "shape, kwargs, message",
+    [
+        ((1, 64, 64), {}, "mask must be a \\(B, 1, H, W\\) attribution map"),
+        ((1, 2, 64, 64), {}, "mask must be a \\(B, 1, H, W\\) attribution map"),
+        ((1, 1, 64, 64), {"sigma_fraction": 0.0}, "need sigma_fraction > 0 and cells_per_sigma >= 1"),
+        ((1, 1, 64, 64), {"cells_per_sigma": 0.5}, "need sigma_fraction > 0 and cells_per_sigma >= 1"),
+    ],
 )
-def test_bad_inputs(shape, kwargs):
-    with pytest.raises(ValueError):
+def test_bad_inputs(shape, kwargs, message):
+    with pytest.raises(ValueError, match=f"map_into_compact: {message}"):
         map_into_compact(torch.rand(*shape), **kwargs)
