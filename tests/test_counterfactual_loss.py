@@ -160,21 +160,21 @@ def test_mean_lesion_fraction(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs, mask_shape, target_shape",
+    "kwargs, mask_shape, target_shape, message",
     [
-        ({"delta": 0.0}, (1, 1, 8, 8), (1, 1, 8, 8)),
-        ({"delta": 0.1, "delta_of": "breast"}, (1, 1, 8, 8), (1, 1, 8, 8)),
-        ({"delta": 0.1, "threshold": 1.0}, (1, 1, 8, 8), (1, 1, 8, 8)),
-        ({"delta": 0.1}, (1, 2, 8, 8), (1, 1, 8, 8)),
-        ({"delta": 0.1}, (1, 1, 8, 8), (1, 1, 4, 4)),
-        ({"delta": 0.1, "delta_of": "organ"}, (1, 1, 8, 8), (1, 1, 8, 8)),
-        ({"delta": 0.1, "blend_temperature": 0.0}, (1, 1, 8, 8), (1, 1, 8, 8)),
-        ({"delta": 0.1, "blend_margin": -0.1}, (1, 1, 8, 8), (1, 1, 8, 8)),
-        ({"delta": 0.1}, (1, 1, 8, 8), (1, 3, 8, 8)),
+        ({"delta": 0.0}, (1, 1, 8, 8), (1, 1, 8, 8), "delta is an area fraction in \\(0, 1\\]"),
+        ({"delta": 0.1, "delta_of": "breast"}, (1, 1, 8, 8), (1, 1, 8, 8), "delta_of must be 'image' or 'organ'"),
+        ({"delta": 0.1, "threshold": 1.0}, (1, 1, 8, 8), (1, 1, 8, 8), "threshold θ must be in \\(0, 1\\)"),
+        ({"delta": 0.1}, (1, 2, 8, 8), (1, 1, 8, 8), "the map must be \\(B, 1, H, W\\)"),
+        ({"delta": 0.1}, (1, 1, 8, 8), (1, 1, 4, 4), "target must be \\(B, 1 or 2, H, W\\)"),
+        ({"delta": 0.1, "delta_of": "organ"}, (1, 1, 8, 8), (1, 1, 8, 8), "target must be \\(B, 2, H, W\\)"),
+        ({"delta": 0.1, "blend_temperature": 0.0}, (1, 1, 8, 8), (1, 1, 8, 8), "blend_temperature must be > 0"),
+        ({"delta": 0.1, "blend_margin": -0.1}, (1, 1, 8, 8), (1, 1, 8, 8), "blend_margin must be >= 0"),
+        ({"delta": 0.1}, (1, 1, 8, 8), (1, 3, 8, 8), "target must be \\(B, 1 or 2, H, W\\)"),
     ],
 )
-def test_bad_arguments(kwargs, mask_shape, target_shape):
-    with pytest.raises(ValueError):
+def test_bad_arguments(kwargs, mask_shape, target_shape, message):
+    with pytest.raises(ValueError, match=f"CounterfactualLoss: {message}"):
         CounterfactualLoss(MeanIntensityClassifier(), darken, what_if_block=None, **kwargs)(torch.rand(mask_shape), torch.rand(target_shape))
 
 

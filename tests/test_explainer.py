@@ -76,7 +76,7 @@ def test_with_attention_gated_unet_and_mean_marginalizer():
 
 @pytest.mark.parametrize("threshold", [0.0, 1.0, -0.5])
 def test_bad_threshold(threshold):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="CounterfactualExplainer: threshold must be in \\(0, 1\\)"):
         CounterfactualExplainer(CountingAttributor(), LeftBrightness(), lambda i, m: i, threshold=threshold)
 
 

@@ -64,7 +64,7 @@ def test_spearman_similarity_in_a_region(region_rows, inside):
 
 @pytest.mark.parametrize("fn", [spearman_similarity, ssim_similarity])
 def test_shape_mismatch_is_rejected(fn):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"{fn.__name__}: .*shape"):
         fn(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 9))
 
 
