@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from monai.bundle import ConfigParser
+from cfattr_monai.bundle import bundle_checkpoint
 
 __all__ = ["BUNDLES_DIR", "TASK_OVERLAYS", "Step", "pipeline_steps", "trained_model", "run_step", "run_pipeline"]
 
@@ -92,12 +92,9 @@ def _command(step: Step) -> list[str]:
 
 
 def trained_model(step: Step, bundles_dir: Path = BUNDLES_DIR) -> Path:
-    """Where the training ``step`` writes its weights: ``model.pt`` in the ``ckpt_dir`` of the step's merged configs."""
-    bundle_dir = bundles_dir / step.bundle
-    parser = ConfigParser()
-    parser.read_config([str(bundle_dir / config) for config in step.configs])
-    parser["bundle_root"] = str(bundle_dir)
-    return Path(parser.get_parsed_content("ckpt_dir")) / "model.pt"
+    """Where the training ``step`` writes its weights, the ``model.pt`` the other bundles load: ``bundle_checkpoint``
+    of its task overlays (the step's configs after its own stage config)."""
+    return bundle_checkpoint(bundles_dir / step.bundle, step.configs[1:])
 
 
 def run_step(step: Step, fresh: bool = False, bundles_dir: Path = BUNDLES_DIR) -> float:

@@ -12,10 +12,8 @@ from monai.bundle import ConfigParser, verify_metadata
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 SCHEMA = BUNDLES.parents[1] / "shared" / "monai" / "meta_schema_20240725.json"
 NAMES = ["classifier", "inpainter", "attributor"]
-LAYOUT = ["LICENSE", "docs/README.md", "docs/data_license.txt"] + [
-    f"configs/{name}"
-    for name in ("logging.conf", "metadata.json", "train.json", "evaluate.json", "inference.json", "multi_gpu_train.json")
-]
+CONFIGS = ("logging.conf", "metadata.json", "train.json", "evaluate.json", "inference.json", "multi_gpu_train.json")
+LAYOUT = ["LICENSE", "docs/README.md", "docs/data_license.txt", *(f"configs/{name}" for name in CONFIGS)]
 SHARED_KEYS = ("bundle_root", "ckpt_dir", "output_dir", "datalist", "device", "network_def", "network", "initialize",
                "run", "finalize")  # fmt: skip
 # the attributor reads the two other bundles: where they are, their overlays, π and the classifier's threshold
@@ -53,3 +51,18 @@ def test_config_names_the_shared_keys(bundle, config):
     parser.read_config(str(BUNDLES / bundle / "configs" / config))
     missing = [key for key in SHARED_KEYS + BUNDLE_KEYS[bundle] if key not in parser]
     assert not missing, f"bundles/{bundle}/configs/{config} lacks {missing}"
+
+
+@pytest.mark.parametrize("bundle", NAMES)
+def test_training_writes_the_weights_inference_loads(bundle):
+    """train.json and inference.json name the same ``ckpt_dir`` under every task overlay (the pipeline skips a
+    training, and the other bundles load the weights, by inference.json's)."""
+    configs = BUNDLES / bundle / "configs"
+    for overlay in [None, *sorted(configs.glob("task_*.json"))]:
+        folders = []
+        for base in ("train.json", "inference.json"):
+            parser = ConfigParser()
+            parser.read_config([str(configs / base), *([str(overlay)] if overlay else [])])
+            parser["bundle_root"] = "b"
+            folders.append(parser.get_parsed_content("ckpt_dir"))
+        assert folders[0] == folders[1], (bundle, overlay and overlay.name, folders)

@@ -54,7 +54,7 @@ def test_training_is_skipped_when_the_model_exists(folder, skipped, tmp_path, ca
     """Only a model.pt in the ckpt_dir of the step's configs (here a task overlay's) skips the training."""
     configs = tmp_path / "b" / "configs"
     configs.mkdir(parents=True)
-    (configs / "train.json").write_text(json.dumps({"ckpt_dir": "$@bundle_root + '/models'"}))
+    (configs / "inference.json").write_text(json.dumps({"ckpt_dir": "$@bundle_root + '/models'"}))
     (configs / "task.json").write_text(json.dumps({"ckpt_dir": "$@bundle_root + '/models_task'"}))
     (tmp_path / "b" / folder).mkdir()
     (tmp_path / "b" / folder / "model.pt").write_bytes(b"")

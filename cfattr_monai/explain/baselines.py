@@ -251,7 +251,8 @@ class IterativeCounterfactual:
     Stopping criterion (documented default): the loss has plateaued — relative change
     ``|L_t − L_{t−1}| / max(|L_{t−1}|, 1e-8) < tol`` for ``patience`` consecutive steps — *and* the counterfactual is
     classified healthy, ``p(c|π(M)) ≤ θ`` as the flip rate counts it (or the image was not flagged in the first
-    place); otherwise after ``max_iterations`` steps. The flip is checked (one extra forward pass) only once the loss has plateaued.
+    place); otherwise after ``max_iterations`` steps. The flip is checked (one extra forward pass) only once the loss
+    has plateaued.
 
     Args:
         loss: a :class:`~cfattr_monai.losses.attribution.CounterfactualLoss` (``classifier``, ``marginalizer``,

@@ -15,8 +15,9 @@ For every input image, in a stream of batches (a folder of any size never sits i
 Images of another size than the network's input (``image_size`` in the bundle config, or ``--image-size``) are
 resized to it (MONAI ``Resize``, bilinear with anti-aliasing, as in the bundles' pre-processing); the maps are resized
 back to the image's grid (soft map bilinear, binary map nearest) and the full-resolution counterfactual keeps the
-original pixels outside M̂. Every file is written atomically; output stems come from the file name (or, for DICOM, the SOP Instance
-UID) through :func:`~cfattr_monai.io.outputs.safe_stem`, so no input name can place a file outside ``--out``.
+original pixels outside M̂. Every file is written atomically; output stems come from the file name (or, for DICOM,
+the SOP Instance UID) through :func:`~cfattr_monai.io.outputs.safe_stem`, so no input name can place a file outside
+``--out``.
 """
 
 from __future__ import annotations
