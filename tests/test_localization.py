@@ -164,8 +164,33 @@ def test_wilcoxon_rejects_unpaired_samples():
         wilcoxon_tests({"A": np.zeros(3)}, {"A": np.zeros(4)})
 
 
-def test_summarize_ignores_nan_and_gives_a_t_interval():
-    summary = summarize([1.0, 2.0, 3.0, math.nan])
-    assert summary["n"] == 3 and summary["mean"] == 2.0 and summary["std"] == 1.0
-    np.testing.assert_allclose(summary["ci95"], [2 - 4.302652729 / math.sqrt(3), 2 + 4.302652729 / math.sqrt(3)])
-    assert summarize([math.nan])["n"] == 0
+@pytest.mark.parametrize(
+    "values, mean, std, ci95",
+    [
+        ([1.0, 2.0, 3.0, math.nan], 2.0, 1.0, None),  # NaN ignored; the interval checked against the data's range
+        ([0.0] * 10 + [1.0], 1 / 11, math.sqrt(1 / 11), None),  # L of mini-MIAS size: a t-interval would reach below 0
+        ([4.0, 4.0, 4.0], 4.0, 0.0, [4.0, 4.0]),  # every resample has the same mean
+        ([7.0], 7.0, 0.0, [math.nan, math.nan]),  # one value: no interval
+        ([math.nan], math.nan, math.nan, [math.nan, math.nan]),  # nothing left
+    ],
+)
+def test_summarize_gives_a_bootstrap_interval_within_the_data(values, mean, std, ci95):
+    summary = summarize(values)
+    finite = [v for v in values if not math.isnan(v)]
+    assert summary["n"] == len(finite)
+    np.testing.assert_allclose([summary["mean"], summary["std"]], [mean, std])
+    if ci95 is not None:
+        np.testing.assert_allclose(summary["ci95"], ci95)
+    else:
+        low, high = summary["ci95"]
+        assert min(finite) <= low < summary["mean"] < high <= max(finite)
+    assert summarize(values) == summary or math.isnan(summary["mean"])  # seeded: the same report twice
+
+
+def test_summarize_interval_covers_the_mean_like_a_t_interval_for_many_values():
+    values = np.random.default_rng(0).normal(50.0, 10.0, 400)
+    low, high = summarize(values)["ci95"]
+    half = 1.966 * values.std(ddof=1) / math.sqrt(400)
+    assert abs(low - (values.mean() - half)) < 0.2 * half and abs(high - (values.mean() + half)) < 0.2 * half
+
+

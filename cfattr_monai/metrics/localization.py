@@ -236,15 +236,23 @@ def localization_metrics(
 
 
 def summarize(values: Sequence[float] | np.ndarray) -> dict[str, float]:
-    """Mean, standard deviation, n and the 95 % t-confidence interval of the mean, ignoring NaN."""
+    """Mean, standard deviation, n and a 95 % confidence interval of the mean, ignoring NaN.
+
+    The interval is the percentile bootstrap of the mean (``scipy.stats.bootstrap``, 9999 resamples, seeded so a
+    report is reproducible). Unlike a t-interval it stays within the range of the data, which matters at the small
+    n of real data sets (11 mass images in the mini-MIAS test split): L and A are bounded and H is skewed. One
+    value has no interval (NaN).
+    """
     finite = np.asarray(values, float)
     finite = finite[~np.isnan(finite)]
     n = len(finite)
     if n == 0:
         return {"mean": math.nan, "std": math.nan, "n": 0, "ci95": [math.nan, math.nan]}
     mean, std = float(finite.mean()), float(finite.std(ddof=1)) if n > 1 else 0.0
-    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
-    return {"mean": mean, "std": std, "n": n, "ci95": [mean - half, mean + half]}
+    if n == 1:
+        return {"mean": mean, "std": std, "n": 1, "ci95": [math.nan, math.nan]}
+    interval = stats.bootstrap((finite,), np.mean, n_resamples=9999, method="percentile", rng=0).confidence_interval
+    return {"mean": mean, "std": std, "n": n, "ci95": [float(interval.low), float(interval.high)]}
 
 
 def wilcoxon_tests(ours: Mapping[str, np.ndarray], baseline: Mapping[str, np.ndarray]) -> dict[str, float]:
