@@ -13,7 +13,7 @@ from cfattr_monai.networks.attribution import AttentionGatedUNet
 from cfattr_monai.networks.mobilenet import MobileNetV1
 from cfattr_monai.report.build import write_report
 from cfattr_monai.report.evaluate import attribution_maps, evaluate_attribution, localization_study
-from cfattr_monai.report.tables import table1, timing_table, verdicts
+from cfattr_monai.report.tables import interval_table, table1, timing_table, verdicts
 from cfattr_monai.transforms.marginalize import get_marginalizer
 
 N, SIZE = 12, 32
@@ -61,6 +61,18 @@ def test_table1_has_the_paper_layout(fragment):
     assert len(rows) == 6 and rows[0].startswith("| 50 | 0 ± 0 |")
 
 
+def test_interval_table_gives_each_mean_its_interval(fragment):
+    lines = interval_table(fragment).splitlines()
+    assert lines[0].endswith("n = 12 lesion images")
+    assert lines[2] == ("| P | H ours | H Grad-CAM | H saliency | L ours | L Grad-CAM | L saliency "
+                        "| A ours | A Grad-CAM | A saliency |")
+    rows = {line.split(" | ")[0].strip("| "): line.strip("|").split(" | ")[1:] for line in lines[4:]}
+    assert list(rows) == ["50", "75", "90"] and all(len(cells) == 9 for cells in rows.values())
+    assert rows["50"][0] == "[0, 0]"  # ours hits every lesion: H = 0 on every image
+    low, high = fragment["gradcam"]["P90"]["H"]["ci95"]  # the blob is fixed, the lesions move: H varies
+    assert rows["90"][1] == f"[{low:.3g}, {high:.3g}]" and low < high
+
+
 def test_report_with_every_part(fragment, tmp_path):
     maps, lesions, _ = synthetic_maps()
     examples = {"image": torch.rand(2, 1, SIZE, SIZE).numpy(), "lesion": lesions[:2].numpy(),
@@ -94,6 +106,7 @@ def test_report_with_every_part(fragment, tmp_path):
     assert "between two re-initialized attributors | 0.00 | – |" in text
     assert "| binary map M̂ overlaps the lesion | – | ≥ 0.70 |" in text  # absent figures print a dash
     assert "flip rate): 0.900" in text and "✓" in text
+    assert interval_table(fragment) in text
     assert "fig3_attribution_grid.png" in text and (report.parent / "fig3_attribution_grid.png").stat().st_size > 0
     assert "fig1c_roc.png" in text and (report.parent / "fig1c_roc.png").is_file()
     assert "| 0.0200 | 0.0300 |" in text and "N(0, 0.01²)" in text and "by 0.0157" in text

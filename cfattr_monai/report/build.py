@@ -21,7 +21,14 @@ import numpy as np
 
 from cfattr_monai.io.outputs import atomic_path
 from cfattr_monai.report.figures import save_attribution_grid, save_roc_figure
-from cfattr_monai.report.tables import markdown_table, significance_table, table1, timing_table, verdicts
+from cfattr_monai.report.tables import (
+    interval_table,
+    markdown_table,
+    significance_table,
+    table1,
+    timing_table,
+    verdicts,
+)
 
 __all__ = ["write_report"]
 
@@ -63,6 +70,8 @@ def _attribution_section(attribution: Mapping | None, examples, out_dir: Path) -
         "Grad-CAM and saliency are binarized at their own 50th/75th/90th percentile; ours is its binary map M̂.",
         "",
         table1(attribution),
+        "",
+        interval_table(attribution),
         "",
         significance_table(attribution),
         "",

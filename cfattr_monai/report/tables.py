@@ -21,6 +21,7 @@ from cfattr_monai.metrics.localization import METRIC_DIRECTIONS
 __all__ = [
     "BASELINE_NAMES",
     "TIMING_METHODS",
+    "interval_table",
     "markdown_table",
     "significance_table",
     "table1",
@@ -103,6 +104,33 @@ def table1(fragment: Mapping, baselines: Sequence[str] = ("gradcam", "saliency")
         ),
     ]
     return "\n".join(top + bottom)
+
+
+def _interval(summary: Mapping) -> str:
+    low, high = summary["ci95"]
+    return "–" if summary["n"] == 0 or math.isnan(low) else f"[{low:.3g}, {high:.3g}]"
+
+
+def interval_table(fragment: Mapping, baselines: Sequence[str] = ("gradcam", "saliency")) -> str:
+    """The 95 % confidence intervals of Table 1's means (``ci95`` of
+    :func:`~cfattr_monai.metrics.localization.summarize`), one row per percentile P, columns as in Table 1.
+
+    Example:
+        >>> s = {"mean": 1.0, "std": 0.5, "n": 3, "ci95": [0.5, 1.5]}
+        >>> fragment = {"ours": {"H": s, "L": s, "A": s}, "gradcam": {"P50": {"H": s, "L": s, "A": s}}}
+        >>> print(interval_table(fragment, baselines=("gradcam",)).splitlines()[-1])
+        | 50 | [0.5, 1.5] | [0.5, 1.5] | [0.5, 1.5] | [0.5, 1.5] | [0.5, 1.5] | [0.5, 1.5] |
+    """
+    names = [BASELINE_NAMES.get(b, b) for b in baselines]
+    ours = fragment["ours"]
+    rows = ([p.lstrip("P"), *(cell for m in METRIC_DIRECTIONS for cell in
+                              (_interval(ours[m]), *(_interval(fragment[b][p][m]) for b in baselines)))]
+            for p in _percentiles(fragment, baselines))
+    return "\n".join([
+        f"95 % confidence intervals of the means (percentile bootstrap), n = {ours['H']['n']} lesion images",
+        "",
+        *markdown_table(["P", *(f"{m} {x}" for m in METRIC_DIRECTIONS for x in ("ours", *names))], rows),
+    ])
 
 
 def verdicts(fragment: Mapping, baselines: Sequence[str] = ("gradcam", "saliency")) -> dict[str, dict[str, dict]]:
