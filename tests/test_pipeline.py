@@ -1,5 +1,6 @@
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -135,6 +136,20 @@ def test_both_demo_entry_points_pin_the_threads_and_run_the_demo(name, entry, mo
     assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "2"
 
 
-def test_the_demo_inference_starts_a_new_table_each_run():
-    """A second `make demo` reuses the trained bundles but writes the attributor's explanations again."""
-    assert INFERENCE.bundle == "attributor" and INFERENCE.overrides == {"overwrite": "True"}
+def test_the_demo_inference_starts_a_new_table_each_run(tmp_path, monkeypatch):
+    """A second `make demo` reuses the trained bundles but writes the attributor's explanations again: the step runs
+    the attributor's inference.json with --overwrite True (the bundle refuses an existing table without it)."""
+    (tmp_path / "attributor").mkdir()
+    runs = []
+    def fake_run(cmd, cwd):
+        runs.append((cmd, cwd))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr("subprocess.run", fake_run)
+    for _ in range(2):
+        run_step(INFERENCE, bundles_dir=tmp_path)
+    assert len(runs) == 2 and runs[0] == runs[1]
+    cmd, cwd = runs[0]
+    assert cwd == tmp_path / "attributor"
+    assert cmd[1:] == ["-m", "monai.bundle", "run", "--config_file", '["configs/inference.json"]',
+                       "--overwrite", "True"]
