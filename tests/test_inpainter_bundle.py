@@ -163,6 +163,42 @@ def test_training_reads_organ_masks_stored_as_0_1_as_those_stored_as_0_255(works
         assert torch.equal(stored_0_1[key], stored_0_255[key]), key
 
 
+@pytest.mark.parametrize("organ", ["absent", None, ""])
+def test_an_item_without_an_organ_mask_gets_holes_anywhere_in_the_image(workspace, organ):
+    """The data contract: a missing organ mask is the whole image (Shenzhen/Montgomery have none)."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.update({"image_size": [SIZE, SIZE]})
+    transform = Compose(parser.get_parsed_content("preprocessing") + parser.get_parsed_content("holes")[:1])
+    first = json.loads(Path(workspace["datalist"]).read_text())["training"][0]
+    item = {"image": str(Path(workspace["datalist"]).parent / first["image"])}
+    if organ != "absent":
+        item["organ"] = organ
+    out = transform.set_random_state(seed=0)(item)
+    assert out["organ"].shape == (1, SIZE, SIZE) and bool((out["organ"] == 1).all())
+    assert 0.0 < float((out["valid_mask"] == 0).float().mean()) < 1.0
+
+
+def test_training_and_fig1c_on_a_data_set_without_organ_masks(workspace, tmp_path):
+    root = Path(workspace["datalist"]).parent
+    lists = json.loads(Path(workspace["datalist"]).read_text())
+    for items in lists.values():
+        for item in items:
+            item.update({k: str(root / item[k]) for k in ("image", "lesion")})
+            del item["organ"]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps(lists))
+    bundle = _bundle_copy(tmp_path)
+    overrides = {**_overrides(workspace, bundle), "datalist": str(datalist), "phantoms": False}
+    tiny_data = {"train#dataset#data": "$@train#datalist[:2]", "validate#dataset#data": "$@validate#datalist[:2]"}
+    run(config_file=str(bundle / "configs" / "train.json"), phase1_epochs=1, phase2_epochs=0, batch_size=2, val_interval=1,
+        **tiny_data, **overrides)  # fmt: skip
+    assert (bundle / "models" / "model.pt").is_file()
+    run(config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")], n_runs=1,
+        **overrides)  # fmt: skip
+    assert json.loads((bundle / "eval" / "marginalization.json").read_text())["auc_none"]["runs"]
+
+
 @pytest.mark.parametrize("split", ["training", "validation"])
 def test_training_without_healthy_images_names_the_datalist_split_and_fix(workspace, tmp_path, split):
     """The inpainter trains and validates on label-0 images: a split without any is refused in initialize."""
