@@ -131,6 +131,23 @@ def test_acceptance_summary_of_a_split_without_healthy_images(tmp_path):
     assert summary["mean_area_healthy_images"] is None and "healthy_to_lesion_area" not in summary
 
 
+@pytest.mark.parametrize("lesion_mask", [True, False])
+def test_lesion_figures_count_only_images_with_a_lesion_mask(tmp_path, lesion_mask):
+    """A pathological image without lesion ground truth (chest X-ray data sets) is neither hit nor missed."""
+    datalist = write_phantom_dataset(tmp_path / "phantoms", kind="mammo", n=10, size=32, seed=0)
+    lists = json.loads(datalist.read_text())
+    for item in lists["test"]:
+        if item["label"] == 1 and not lesion_mask:
+            del item["lesion"]
+    edited = datalist.parent / "edited.json"
+    edited.write_text(json.dumps(lists))
+    explainer = CounterfactualExplainer(CountingAttributor(), Brightness(0.0), get_marginalizer("mean"))
+    summary = acceptance_summary(explainer, edited, "test", (32, 32), threshold=0.5, randomization_images=0)
+    assert summary["flagged_lesion_images"] == 1 and summary["flipped"] is not None
+    assert summary["flagged_with_lesion_mask"] == int(lesion_mask)
+    assert (summary["lesion_hit"] is None, summary["oracle_flipped"] is None) == (not lesion_mask, not lesion_mask)
+
+
 class Brightness(nn.Module):
     """Logit = total brightness − ``level``: a lesion (bright) raises it, its removal lowers it."""
 

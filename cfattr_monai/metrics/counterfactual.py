@@ -3,13 +3,14 @@
 For the lesion images the classifier flags (p(c|I) ≥ θ):
 
 * ``flipped``: fraction with p(c|π(M̂)) ≤ θ (higher is better, target ≥ 0.8);
-* ``lesion_hit``: fraction whose binary map M̂ overlaps the lesion mask (higher is better, target ≥ 0.7);
+* ``lesion_hit``: fraction whose binary map M̂ overlaps the lesion mask (higher is better, target ≥ 0.7), over the
+  flagged images that have a lesion mask (``flagged_with_lesion_mask``; None without any, e.g. Shenzhen/Montgomery);
 * ``mean_area``: mean d(M̂) as a fraction of the image, to compare with δ (target ≤ δ).
 
 References for ``flipped``:
 
 * ``oracle_flipped``: the fraction flipped when π replaces the lesion itself (its compact hull, M̂ = lesion mapped
-  into S) — what this marginalizer achieves on the true region;
+  into S) — what this marginalizer achieves on the true region; over the same images as ``lesion_hit``;
 * ``twin_flipped`` (phantom data sets only): the fraction whose *healthy twin* — the same phantom drawn without its
   lesions (:func:`~cfattr_monai.data.phantoms.write_healthy_twins`), i.e. a perfect marginalizer of exactly the
   lesions — has p(c) ≤ θ. The rest are flagged for their anatomy, not their lesion: no removal of the lesion flips
@@ -83,6 +84,7 @@ def acceptance_summary(
     ])
     lesion, healthy = data["label"] == 1, data["label"] == 0
     flagged = lesion & (out["p"] >= threshold)
+    annotated = flagged & (data["lesion"].flatten(1).amax(dim=1) > 0)  # a missing lesion mask loads as empty
 
     def mean(values: torch.Tensor, where: torch.Tensor) -> float | None:
         return float(values[where].float().mean()) if bool(where.any()) else None
@@ -93,8 +95,9 @@ def acceptance_summary(
         "lesion_images": int(lesion.sum()),
         "flagged_lesion_images": int(flagged.sum()),
         "flipped": mean(out["p_counterfactual"] <= threshold, flagged),
-        "oracle_flipped": mean(oracle <= threshold, flagged),
-        "lesion_hit": mean(hit, flagged),
+        "flagged_with_lesion_mask": int(annotated.sum()),
+        "oracle_flipped": mean(oracle <= threshold, annotated),
+        "lesion_hit": mean(hit, annotated),
         "mean_area_flagged": mean(area, flagged),
         "mean_organ_ratio_flagged": mean(organ_ratio, flagged),
         "delta": delta,
