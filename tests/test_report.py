@@ -13,7 +13,7 @@ from cfattr_monai.networks.attribution import AttentionGatedUNet
 from cfattr_monai.networks.mobilenet import MobileNetV1
 from cfattr_monai.report.build import write_report
 from cfattr_monai.report.evaluate import attribution_maps, evaluate_attribution, localization_study
-from cfattr_monai.report.tables import interval_table, table1, timing_table, verdicts
+from cfattr_monai.report.tables import interval_table, significance_table, table1, timing_table, verdicts
 from cfattr_monai.transforms.marginalize import get_marginalizer
 
 N, SIZE = 12, 32
@@ -63,7 +63,7 @@ def test_table1_has_the_paper_layout(fragment):
 
 def test_interval_table_gives_each_mean_its_interval(fragment):
     lines = interval_table(fragment).splitlines()
-    assert lines[0].endswith("n = 12 lesion images")
+    assert lines[0].endswith("n = 12 images")
     assert lines[2] == ("| P | H ours | H Grad-CAM | H saliency | L ours | L Grad-CAM | L saliency "
                         "| A ours | A Grad-CAM | A saliency |")
     rows = {line.split(" | ")[0].strip("| "): line.strip("|").split(" | ")[1:] for line in lines[4:]}
@@ -187,3 +187,6 @@ def test_report_without_lesion_ground_truth(tmp_path):
     assert "No lesion ground truth" in report and "Pathological test images: 12" in report
     failures = report.split("Where ours does not beat a baseline significantly: ")[1].splitlines()[0]
     assert "H vs" not in failures and "L vs" not in failures
+    significance = [line for line in significance_table(fragment).splitlines() if line.startswith("| 50 |")][0]
+    assert significance.startswith("| 50 | – | – | – | – | ") and "✓" in significance  # A only
+    assert interval_table(fragment).splitlines()[0].endswith(f"n = {N} images (0 with lesion ground truth for H and L)")

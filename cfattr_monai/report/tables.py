@@ -126,8 +126,12 @@ def interval_table(fragment: Mapping, baselines: Sequence[str] = ("gradcam", "sa
     rows = ([p.lstrip("P"), *(cell for m in METRIC_DIRECTIONS for cell in
                               (_interval(ours[m]), *(_interval(fragment[b][p][m]) for b in baselines)))]
             for p in _percentiles(fragment, baselines))
+    n_images, n_lesion = ours["A"]["n"], ours["H"]["n"]
+    n = f"n = {n_images} images"
+    if n_lesion != n_images:
+        n += f" ({n_lesion} with lesion ground truth for H and L)"
     return "\n".join([
-        f"95 % confidence intervals of the means (percentile bootstrap), n = {ours['H']['n']} lesion images",
+        f"95 % confidence intervals of the means (percentile bootstrap), {n}",
         "",
         *markdown_table(["P", *(f"{m} {x}" for m in METRIC_DIRECTIONS for x in ("ours", *names))], rows),
     ])
@@ -155,6 +159,8 @@ def significance_table(fragment: Mapping, baselines: Sequence[str] = ("gradcam",
     names = [BASELINE_NAMES.get(b, b) for b in baselines]
     columns = [f"{m} vs {x}" for m in METRIC_DIRECTIONS for x in names]
     def cell(p: str, metric: str, b: str) -> str:
+        if fragment["ours"][metric]["n"] == 0:  # no lesion ground truth: H and L are not defined
+            return "–"
         v = marks[b][p][metric]
         return f"{v['p']:.2g} {'✓' if v['significant'] else '✗'}"
 
