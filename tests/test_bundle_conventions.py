@@ -66,3 +66,26 @@ def test_training_writes_the_weights_inference_loads(bundle):
             parser["bundle_root"] = "b"
             folders.append(parser.get_parsed_content("ckpt_dir"))
         assert folders[0] == folders[1], (bundle, overlay and overlay.name, folders)
+
+
+@pytest.mark.parametrize(
+    "bundle, schedule",
+    [
+        ("classifier", {"num_epochs": 1}),
+        ("attributor", {"num_epochs": 1}),
+        ("inpainter", {"phase1_epochs": 1, "phase2_epochs": 0}),
+    ],
+)
+def test_training_that_ends_before_its_first_validation_is_refused_before_any_work(bundle, schedule, tmp_path):
+    """model.pt is saved at validations: a run with fewer epochs than val_interval would end without one."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / bundle / "configs" / "train.json"))
+    parser.update({"bundle_root": str(tmp_path), "val_interval": 2, **schedule})
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content("initialize")
+    chain, error = [], info.value
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__ or error.__context__
+    assert any("no models/model.pt would be written; pass --val_interval 1" in m for m in chain), chain
+    assert not any(tmp_path.iterdir()), "nothing may be written before the check"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from cfattr_monai.handlers.checkpoint import BestModelSaver, check_resume_checkpoint
+from cfattr_monai.handlers.checkpoint import BestModelSaver, check_resume_checkpoint, check_validation_schedule
 
 KEYS = {"network": None, "trainer": None}
 
@@ -98,3 +98,21 @@ def test_check_resume_checkpoint(tmp_path, kind, error, match):
 
 def test_no_resume_checkpoint_is_fine():
     check_resume_checkpoint(None, KEYS)
+
+
+@pytest.mark.parametrize(
+    "max_epochs, val_interval, fragment",
+    [
+        (10, 1, None),
+        (2, 2, None),  # one validation, at the last epoch
+        (1, 2, "pass --val_interval 1 or train for at least 2 epochs"),
+        (0, 1, "pass --val_interval 1 or train for at least 1 epochs"),
+        (5, 0, "val_interval must be >= 1"),
+    ],
+)
+def test_validation_schedule(max_epochs, val_interval, fragment):
+    if fragment is None:
+        check_validation_schedule(max_epochs, val_interval)
+    else:
+        with pytest.raises(ValueError, match=fragment):
+            check_validation_schedule(max_epochs, val_interval)

@@ -17,7 +17,7 @@ import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointSaver
 
-__all__ = ["BestModelSaver", "check_resume_checkpoint"]
+__all__ = ["BestModelSaver", "check_resume_checkpoint", "check_validation_schedule"]
 
 
 class BestModelSaver(CheckpointSaver):
@@ -99,4 +99,23 @@ def check_resume_checkpoint(path: str | os.PathLike | None, expected: Mapping | 
         raise ValueError(
             f"resume_checkpoint {file} is not a trainer checkpoint of this bundle: expected the entries {keys}, "
             f"missing {missing} (found {found}); {fix}."
+        )
+
+
+def check_validation_schedule(max_epochs: int, val_interval: int) -> None:
+    """Raise a clear error when training would end before its first validation.
+
+    The bundles save ``models/model.pt`` at validations (:class:`BestModelSaver`), so such a run would train and
+    end without one, and the other bundles would not find it.
+
+    Raises:
+        ValueError: ``val_interval`` < 1, or ``max_epochs`` < ``val_interval``.
+    """
+    if val_interval < 1:
+        raise ValueError(f"val_interval must be >= 1, got {val_interval}; --val_interval 1 validates every epoch.")
+    if max_epochs < val_interval:
+        raise ValueError(
+            f"{max_epochs} training epoch(s) end before the first validation (val_interval {val_interval}), so no "
+            f"models/model.pt would be written; pass --val_interval {max(max_epochs, 1)} or train for at least "
+            f"{val_interval} epochs."
         )
