@@ -130,3 +130,23 @@ def test_state_resumes_through_a_weights_only_checkpoint(handler_type):
     _, epochs_resumed = _training(scores, second, 30, resume=(7, state))
     assert epochs_whole[-1] == 8 and state["counter"] == 5, "one more flat validation stops the resumed run"
     assert epochs_resumed == [8]
+
+
+@pytest.mark.parametrize(
+    "scores, warned, last_epoch",
+    [
+        (FLAT, True, 1 + 10),  # early stopping 10 validations after the best, the first
+        ([0.02] * 7 + [0.1] * 40, True, 8 + 10),  # warned at validation 4, grows at 8 (as a real chest X-ray start)
+        ([0.02] * 2 + [0.3] * 40, False, 3 + 10),  # grows within restart_patience
+    ],
+)
+def test_the_last_start_is_not_given_up_when_it_stays_flat(scores, warned, last_epoch, caplog):
+    """After restart_patience flat validations of the last start a warning says it trains on; it is not stopped."""
+    handler = EarlyStopOrRestart(patience=10, score_function=_score, restart_patience=3, max_restarts=0)
+    with caplog.at_level("WARNING", logger="cfattr_monai.handlers.early_stop"):
+        _, epochs = _training(scores, handler, max_epochs=30)
+    messages = [r.getMessage() for r in caplog.records if "random starts" in r.getMessage()]
+    assert len(messages) == int(warned)
+    if warned:
+        assert "this last start trains on until early stopping" in messages[0] and "--max_restarts 0" in messages[0]
+    assert epochs[-1] == last_epoch  # training went on past the warning, to early stopping
