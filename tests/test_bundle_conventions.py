@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from monai.bundle import ConfigParser, verify_metadata
+from test_bad_input import chained
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 SCHEMA = BUNDLES.parents[1] / "shared" / "monai" / "meta_schema_20240725.json"
@@ -83,9 +84,6 @@ def test_training_that_ends_before_its_first_validation_is_refused_before_any_wo
     parser.update({"bundle_root": str(tmp_path), "val_interval": 2, **schedule})
     with pytest.raises(Exception) as info:
         parser.get_parsed_content("initialize")
-    chain, error = [], info.value
-    while error is not None:
-        chain.append(str(error))
-        error = error.__cause__ or error.__context__
+    chain = [str(error) for error in chained(info.value)]
     assert any("no models/model.pt would be written; pass --val_interval 1" in m for m in chain), chain
     assert not any(tmp_path.iterdir()), "nothing may be written before the check"

@@ -13,6 +13,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow, run
 from monai.networks.nets import DenseNet121
 from monai.transforms import Compose, LoadImage, ScaleIntensity
 from PIL import Image
+from test_bad_input import chained
 
 from cfattr_monai.bundle import load_network
 from cfattr_monai.data.phantoms import write_phantom_dataset
@@ -24,6 +25,7 @@ BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "inpainter"
 SIZE = 32
 TINY_NET = {"num_levels": 3, "channels": [4, 8, 8], "kernel_sizes": [7, 5, 3]}
 PHANTOMS = {"kind": "mammo", "n": 10, "size": SIZE, "seed": 0}
+TINY_DATA = {"train#dataset#data": "$@train#datalist[:2]", "validate#dataset#data": "$@validate#datalist[:2]"}
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +147,30 @@ def test_densenet121_chest_overlay_trains_on_its_classifiers_data_and_writes_els
         assert parser.get_parsed_content(key).endswith(folder), key
 
 
-def test_training_reads_organ_masks_stored_as_0_1_as_those_stored_as_0_255(workspace, tmp_path):
-    """check_datalist accepts {0, 1} and {0, 255} organ masks as binary: both give the same organ and holes."""
+def _training_transform() -> Compose:
+    """The training pre-processing of ``train.json`` and its hole mask, at the tests' ``SIZE``."""
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train.json"))
     parser.update({"image_size": [SIZE, SIZE]})
-    transform = Compose(parser.get_parsed_content("preprocessing") + parser.get_parsed_content("holes")[:1])
+    return Compose(parser.get_parsed_content("preprocessing") + parser.get_parsed_content("holes")[:1])
+
+
+def _edited_datalist(ws: dict, tmp_path: Path, edit) -> Path:
+    """The workspace datalist with absolute paths, each item changed by ``edit(split, item)``, in ``tmp_path``."""
+    root = Path(ws["datalist"]).parent
+    lists = json.loads(Path(ws["datalist"]).read_text())
+    for split, items in lists.items():
+        for item in items:
+            item.update({k: str(root / item[k]) for k in ("image", "lesion", "organ")})
+            edit(split, item)
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps(lists))
+    return datalist
+
+
+def test_training_reads_organ_masks_stored_as_0_1_as_those_stored_as_0_255(workspace, tmp_path):
+    """check_datalist accepts {0, 1} and {0, 255} organ masks as binary: both give the same organ and holes."""
+    transform = _training_transform()
     root = Path(workspace["datalist"]).parent
     first = json.loads(Path(workspace["datalist"]).read_text())["training"][0]
     item = {k: str(root / first[k]) for k in ("image", "organ")}
@@ -166,10 +186,7 @@ def test_training_reads_organ_masks_stored_as_0_1_as_those_stored_as_0_255(works
 @pytest.mark.parametrize("organ", ["absent", None, ""])
 def test_an_item_without_an_organ_mask_gets_holes_anywhere_in_the_image(workspace, organ):
     """The data contract: a missing organ mask is the whole image (Shenzhen/Montgomery have none)."""
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "train.json"))
-    parser.update({"image_size": [SIZE, SIZE]})
-    transform = Compose(parser.get_parsed_content("preprocessing") + parser.get_parsed_content("holes")[:1])
+    transform = _training_transform()
     first = json.loads(Path(workspace["datalist"]).read_text())["training"][0]
     item = {"image": str(Path(workspace["datalist"]).parent / first["image"])}
     if organ != "absent":
@@ -180,19 +197,11 @@ def test_an_item_without_an_organ_mask_gets_holes_anywhere_in_the_image(workspac
 
 
 def test_training_and_fig1c_on_a_data_set_without_organ_masks(workspace, tmp_path):
-    root = Path(workspace["datalist"]).parent
-    lists = json.loads(Path(workspace["datalist"]).read_text())
-    for items in lists.values():
-        for item in items:
-            item.update({k: str(root / item[k]) for k in ("image", "lesion")})
-            del item["organ"]
-    datalist = tmp_path / "datalist.json"
-    datalist.write_text(json.dumps(lists))
+    datalist = _edited_datalist(workspace, tmp_path, lambda split, item: item.pop("organ"))
     bundle = _bundle_copy(tmp_path)
     overrides = {**_overrides(workspace, bundle), "datalist": str(datalist), "phantoms": False}
-    tiny_data = {"train#dataset#data": "$@train#datalist[:2]", "validate#dataset#data": "$@validate#datalist[:2]"}
-    run(config_file=str(bundle / "configs" / "train.json"), phase1_epochs=1, phase2_epochs=0, batch_size=2, val_interval=1,
-        **tiny_data, **overrides)  # fmt: skip
+    run(config_file=str(bundle / "configs" / "train.json"), phase1_epochs=1, phase2_epochs=0, batch_size=2,
+        val_interval=1, **TINY_DATA, **overrides)  # fmt: skip
     assert (bundle / "models" / "model.pt").is_file()
     run(config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")], n_runs=1,
         **overrides)  # fmt: skip
@@ -202,20 +211,13 @@ def test_training_and_fig1c_on_a_data_set_without_organ_masks(workspace, tmp_pat
 @pytest.mark.parametrize("split", ["training", "validation"])
 def test_training_without_healthy_images_names_the_datalist_split_and_fix(workspace, tmp_path, split):
     """The inpainter trains and validates on label-0 images: a split without any is refused in initialize."""
-    root = Path(workspace["datalist"]).parent
-    lists = json.loads(Path(workspace["datalist"]).read_text())
-    for name, items in lists.items():
-        for item in items:
-            item.update({k: str(root / item[k]) for k in ("image", "lesion", "organ")})
-            item["label"] = 1 if name == split else item["label"]
-    datalist = tmp_path / "datalist.json"
-    datalist.write_text(json.dumps(lists))
+    datalist = _edited_datalist(workspace, tmp_path, lambda name, item: name != split or item.update(label=1))
     bundle = _bundle_copy(tmp_path)
     overrides = {**_overrides(workspace, bundle), "datalist": str(datalist), "phantoms": False}
     workflow = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), workflow_type="train", **overrides)
     with pytest.raises(Exception) as info:
         workflow.initialize()
-    message = "".join(map(str, _chain(info.value)))
+    message = "".join(map(str, chained(info.value)))
     assert f"{datalist}: split '{split}' holds no healthy image" in message, message
     assert "label 0" in message and f"Add label-0 images to '{split}'" in message
     assert not (bundle / "models").exists() and not (bundle / "eval").exists()
@@ -257,7 +259,7 @@ def test_evaluation_refuses_bad_weights_and_keeps_earlier_results(workspace, tmp
     with pytest.raises(Exception) as info:
         run(config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")], n_runs=1,
             **_overrides(workspace, bundle))  # fmt: skip
-    errors = _chain(info.value)
+    errors = chained(info.value)
     assert any(isinstance(e, error) and str(checkpoint) in str(e) and fragment in str(e) for e in errors), errors
     assert earlier.read_text() == '{"earlier": "run"}'
 
@@ -291,10 +293,9 @@ def test_inference_names_composites_uniquely_in_pair_order(workspace, tmp_path):
 def test_train_two_phases_resume_evaluate_and_infer(workspace, tmp_path):
     bundle = _bundle_copy(tmp_path)
     overrides = _overrides(workspace, bundle)
-    tiny_data = {"train#dataset#data": "$@train#datalist[:2]", "validate#dataset#data": "$@validate#datalist[:2]"}
     workflow = ConfigWorkflow(
         config_file=str(bundle / "configs" / "train.json"), workflow_type="train",
-        phase1_epochs=1, phase2_epochs=1, batch_size=2, val_interval=1, **tiny_data, **overrides,
+        phase1_epochs=1, phase2_epochs=1, batch_size=2, val_interval=1, **TINY_DATA, **overrides,
     )  # fmt: skip
     workflow.initialize()
     workflow.run()
@@ -308,7 +309,7 @@ def test_train_two_phases_resume_evaluate_and_infer(workspace, tmp_path):
 
     # resume: the trainer state continues at epoch 3
     run(config_file=str(bundle / "configs" / "train.json"), phase1_epochs=1, phase2_epochs=2, batch_size=2,
-        resume_checkpoint=str(checkpoint), **tiny_data, **overrides)  # fmt: skip
+        resume_checkpoint=str(checkpoint), **TINY_DATA, **overrides)  # fmt: skip
     assert (bundle / "models" / "checkpoint_epoch=3.pt").is_file()
 
     # Fig. 1c protocol: train.json + evaluate.json
@@ -339,7 +340,7 @@ def test_train_two_phases_resume_evaluate_and_infer(workspace, tmp_path):
     with pytest.raises(Exception) as info:
         run(config_file=str(bundle / "configs" / "inference.json"), pairs=[*pairs, {"image": pairs[0]["image"]}],
             output_dir=str(tmp_path / "refused"), **overrides)  # fmt: skip
-    assert "pair 2 lacks 'hole'" in "".join(map(str, _chain(info.value)))
+    assert "pair 2 lacks 'hole'" in "".join(map(str, chained(info.value)))
     assert not (tmp_path / "refused").exists()
 
     # the attributor's route: load_network on the bundle folder, with the overlay the weights were trained with
@@ -364,9 +365,3 @@ def test_paper_mammography_config_runs_one_iteration(workspace, tmp_path):
     assert state["encoder.7.conv.weight"].shape == (512, 512, 3, 3)
 
 
-def _chain(error: BaseException) -> list[BaseException]:
-    """``error`` and its causes (MONAI's ConfigParser wraps errors raised in config expressions)."""
-    chain = [error]
-    while chain[-1].__cause__ is not None:
-        chain.append(chain[-1].__cause__)
-    return chain
