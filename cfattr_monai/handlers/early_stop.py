@@ -133,9 +133,8 @@ class EarlyStopOrRestart(ResumableEarlyStop):
                     f"EarlyStopOrRestart: the validation score did not rise above its first value "
                     f"({self.first_score:.4g}) within {self.restart_patience} validations in any of "
                     f"{self.restarts + 1} random starts; this last start trains on until early stopping, and some maps "
-                    "grow late (41 epochs "
-                    "in on a real chest X-ray set). If it stays flat, check the data and the frozen networks, or try "
-                    "another seed, or --max_restarts 0 with a longer --early_stop_patience."
+                    "grow late (41 epochs in on a real chest X-ray set). If it stays flat, check the data and the "
+                    "frozen networks, or try another seed, or --max_restarts 0 with a longer --early_stop_patience."
                 )
         super().__call__(engine)
 

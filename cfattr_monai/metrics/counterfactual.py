@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,14 +78,17 @@ def acceptance_summary(
     area = out["mask"].flatten(1).mean(dim=1)
     hit = (out["mask"] * data["lesion"]).flatten(1).sum(dim=1) > 0
     organ_ratio = out["mask"].flatten(1).sum(dim=1) / data["organ"].flatten(1).sum(dim=1).clamp_min(1.0)
-    oracle_masks = (map_into_compact(data["lesion"]) > explainer.threshold).float()
-    oracle = torch.cat([
-        pathology_probability(explainer.classifier(explainer.marginalizer(images.to(device), masks.to(device)))).cpu()
-        for images, masks in zip(data["image"].split(batch_size), oracle_masks.split(batch_size))
-    ])
     lesion, healthy = data["label"] == 1, data["label"] == 0
     flagged = lesion & (out["p"] >= threshold)
     annotated = flagged & (data["lesion"].flatten(1).amax(dim=1) > 0)  # a missing lesion mask loads as empty
+    oracle = torch.full_like(out["p"], math.nan)  # p(c|π(lesion hull)), computed only where it is reported
+    if bool(annotated.any()):
+        oracle_masks = (map_into_compact(data["lesion"][annotated]) > explainer.threshold).float()
+        oracle[annotated] = torch.cat([
+            pathology_probability(explainer.classifier(explainer.marginalizer(images.to(device), masks.to(device))))
+            .float().cpu()
+            for images, masks in zip(data["image"][annotated].split(batch_size), oracle_masks.split(batch_size))
+        ])
 
     def mean(values: torch.Tensor, where: torch.Tensor) -> float | None:
         return float(values[where].float().mean()) if bool(where.any()) else None

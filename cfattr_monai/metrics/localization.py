@@ -111,7 +111,9 @@ def hausdorff_distance(binary_map: np.ndarray, lesion: np.ndarray) -> float:
 
     ``h(X, Y) = max_{x∈X} min_{y∈Y} ‖x − y‖₂`` in pixels. The boundary ∂ of a mask is what
     :func:`monai.metrics.utils.get_mask_edges` takes (the mask minus its binary erosion), so with one component on
-    each side H equals :func:`monai.metrics.compute_hausdorff_distance`. Lower is better.
+    each side H equals :func:`monai.metrics.compute_hausdorff_distance`. Lower is better. That function is not called
+    per pair because a baseline map binarized at a percentile has hundreds of components: on a 128² saliency-like
+    map at P75 (508 components, two lesions) MONAI over the pairs took 2.7 s and this function 4 ms, the same H.
 
     Args:
         binary_map: boolean (H, W), the attribution map M̂; each 8-connected component is one mapping result.
