@@ -227,6 +227,12 @@ def test_shenzhen_montgomery(chest_folder, tmp_path):
     assert _read(datalist.parent, items["CHNCXR_0001_1"]["image"]).shape == (32, 32)
 
 
+def test_shenzhen_alone_writes_no_organ_folder(chest_folder, tmp_path):
+    datalist = prepare_shenzhen(chest_folder / "ChinaSet", tmp_path / "out", size=(32, 32), seed=3)
+    assert sorted(p.name for p in datalist.parent.iterdir() if p.is_dir()) == ["images", "lesions"]
+    assert not any("organ" in item for part in _items(datalist).values() for item in part)
+
+
 # ---------------------------------------------------------------- CBIS-DDSM
 
 

@@ -2,7 +2,7 @@
 
 A preparer (``cfattr_monai.data.datasets``, ``cfattr_monai.data.cbis_ddsm``) only has to list :class:`Record`
 objects; :func:`write_records` turns them into the package's data-set folder (``images/``, ``organs/``,
-``lesions/``, ``datalist.json``, ``source.json``), atomically.
+``lesions/``, ``datalist.json``, ``source.json``; a mask folder only when some image has such a mask), atomically.
 """
 
 from __future__ import annotations
@@ -106,8 +106,7 @@ def write_records(out_dir, records: Sequence[Record], size=None, seed: int = 0, 
     size = None if size is None else (int(size[0]), int(size[1]))
     parts = grouped_split([r.patient for r in records], [r.label for r in records], splits, seed)
     with staged_folder(out_dir) as folder:
-        for sub in ("images", "organs", "lesions"):
-            (folder / sub).mkdir()
+        (folder / "images").mkdir()
         items = []
         for record in records:
             image = _resize(to_uint8(record.load_image()), size, mask=False)
@@ -123,6 +122,7 @@ def write_records(out_dir, records: Sequence[Record], size=None, seed: int = 0, 
             for key, mask in (("lesion", lesion), ("organ", organ)):
                 if mask is not None:
                     mask = _resize((np.asarray(mask) > 0).astype(np.uint8) * np.uint8(255), image.shape, mask=True)
+                    (folder / f"{key}s").mkdir(exist_ok=True)  # only for the masks the source has
                     save_png(mask, folder / f"{key}s" / name)
                     item[key] = f"{key}s/{name}"
             items.append(item)
