@@ -64,7 +64,8 @@ def collect_metrics(out_dir: Path, bundles_dir: Path = BUNDLES_DIR) -> dict:
             "sensitivity_floor": marginalization.get("sensitivity_floor"),
             "twin_abs_dp": marginalization.get("twin_abs_dp"),
         },
-        "attribution": {key: attribution.get(key) for key in ("ours", "gradcam", "saliency", "wilcoxon_p", "flip_rate")},
+        "attribution": {key: attribution.get(key) for key in ("ours", "gradcam", "saliency", "wilcoxon_p",
+                                                             "wilcoxon_favours_ours", "flip_rate")},
         "acceptance": _read(out_dir / "acceptance.json"),
         "timing": _read(out_dir / "timing.json"),
     }

@@ -15,6 +15,7 @@ from cfattr_monai.metrics.localization import (
     binarize_at_percentile,
     hausdorff_distance,
     localization_metrics,
+    signed_ranks_favour_ours,
     summarize,
     weak_localization,
     wilcoxon_tests,
@@ -159,9 +160,26 @@ def test_wilcoxon_on_known_samples(ours, baseline, expected_p):
     assert p["H"] == pytest.approx(expected_p, rel=1e-6)
 
 
-def test_wilcoxon_rejects_unpaired_samples():
+@pytest.mark.parametrize("fn", [wilcoxon_tests, signed_ranks_favour_ours])
+def test_wilcoxon_rejects_unpaired_samples(fn):
     with pytest.raises(ValueError, match="paired"):
-        wilcoxon_tests({"A": np.zeros(3)}, {"A": np.zeros(4)})
+        fn({"A": np.zeros(3)}, {"A": np.zeros(4)})
+
+
+@pytest.mark.parametrize(
+    "metric, ours, baseline, favours",
+    [
+        ("H", [1.0, 2, 3], [2.0, 3, 4], True),  # lower H everywhere
+        ("H", [1.0, 1, 1, 30], [2.0, 2, 2, 2], True),  # worse on the mean, closer on 3 of 4: R− = 6 > R+ = 4
+        ("A", [3.0, 3, 3, 0], [2.0, 2, 2, 2], False),  # better on the mean, worse on 3 of 4: R+ = 6 > R− = 4
+        ("L", [1.0, 1, 0], [0.0, 0, 0], True),  # higher is better for L
+        ("L", [0.0, 0.5, 0.5], [1.0, 0.5, 0.5], False),  # ties dropped, the one difference against ours
+        ("H", [2.0, 2], [2.0, 2], False),  # no difference: no direction
+        ("H", [1.0, math.nan], [2.0, 0.0], True),  # the NaN pair dropped, as by the test
+    ],
+)
+def test_signed_ranks_favour_ours(metric, ours, baseline, favours):
+    assert signed_ranks_favour_ours({metric: np.array(ours)}, {metric: np.array(baseline)}) == {metric: favours}
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cfattr_monai.explain.counterfactual import CounterfactualExplainer
+from cfattr_monai.metrics.localization import signed_ranks_favour_ours, summarize, wilcoxon_tests
 from cfattr_monai.networks.attribution import AttentionGatedUNet
 from cfattr_monai.networks.mobilenet import MobileNetV1
 from cfattr_monai.report.build import write_report
@@ -50,7 +51,34 @@ def test_localization_study_ranks_a_perfect_map_first(fragment):
             assert fragment["wilcoxon_p"][baseline][p]["H"] < 0.01  # 12 paired images, all better: p = 2/2^12
     marks = verdicts(fragment)
     p_value = fragment["wilcoxon_p"]["gradcam"]["P90"]["H"]
-    assert marks["gradcam"]["P90"]["H"] == {"p": p_value, "better": True, "significant": True}
+    assert marks["gradcam"]["P90"]["H"] == {"p": p_value, "better": True, "better_on_mean": True, "significant": True}
+
+
+def test_significance_follows_the_signed_ranks_not_the_means(tmp_path):
+    """Ours farther on one of 40 images by a lot but closer on the other 39: the mean says worse, the test better;
+    and the reverse with the roles swapped. The table marks what the signed ranks say, the text names both."""
+    maps, lesions, organs = synthetic_maps()
+    ours_h = np.r_[np.full(39, 1.0), 400.0]
+    fragment, _ = localization_study(maps, lesions, organs)
+    for flip, (mark, text) in {False: ("✓", None), True: ("✗", "worse on the signed ranks, better on the mean")}.items():
+        ours, theirs = (np.full(40, 2.0), ours_h) if flip else (ours_h, np.full(40, 2.0))
+        fragment["ours"]["H"] = summarize(ours)
+        fragment["gradcam"]["P50"]["H"] = summarize(theirs)
+        fragment["wilcoxon_p"]["gradcam"]["P50"].update(wilcoxon_tests({"H": ours}, {"H": theirs}))
+        fragment["wilcoxon_favours_ours"]["gradcam"]["P50"].update(signed_ranks_favour_ours({"H": ours}, {"H": theirs}))
+        verdict = verdicts(fragment)["gradcam"]["P50"]["H"]
+        assert verdict["better"] is not flip and verdict["better_on_mean"] is flip and verdict["p"] < 0.01
+        row = next(line for line in significance_table(fragment).splitlines() if line.startswith("| 50 |"))
+        assert row.split(" | ")[1].endswith(mark)
+        report = write_report(tmp_path, attribution=fragment).read_text()
+        failures = report.split("Where ours does not beat a baseline significantly: ")[1].splitlines()[0]
+        assert (f"H vs gradcam at P50 (ours {text}" in failures) if text else ("H vs gradcam at P50" not in failures)
+
+
+def test_verdicts_refuse_metrics_without_the_test_direction(fragment):
+    old = {key: value for key, value in fragment.items() if key != "wilcoxon_favours_ours"}
+    with pytest.raises(ValueError, match="wilcoxon_favours_ours.*rerun the evaluation"):
+        verdicts(old)
 
 
 def test_table1_has_the_paper_layout(fragment):

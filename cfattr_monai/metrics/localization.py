@@ -44,6 +44,7 @@ __all__ = [
     "box_iou",
     "hausdorff_distance",
     "localization_metrics",
+    "signed_ranks_favour_ours",
     "summarize",
     "weak_localization",
     "wilcoxon_tests",
@@ -257,18 +258,44 @@ def summarize(values: Sequence[float] | np.ndarray) -> dict[str, float]:
     return {"mean": mean, "std": std, "n": n, "ci95": [float(interval.low), float(interval.high)]}
 
 
-def wilcoxon_tests(ours: Mapping[str, np.ndarray], baseline: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Two-sided Wilcoxon signed-rank p-value per metric, ours vs a baseline, on paired per-image values.
-
-    Pairs with a NaN on either side are dropped; when no pair differs (or none is left) the p-value is 1.0 (no
-    evidence of a difference). Returns ``{metric: p}`` for the metrics both mappings have.
-    """
-    p_values = {}
-    for metric in ours.keys() & baseline.keys():
+def _paired_differences(ours: Mapping[str, np.ndarray], baseline: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per metric both mappings have: ours − baseline over the images where neither is NaN."""
+    differences = {}
+    for metric in sorted(ours.keys() & baseline.keys()):
         a, b = np.asarray(ours[metric], float), np.asarray(baseline[metric], float)
         if a.shape != b.shape:
             raise ValueError(f"{metric}: paired samples need the same images, got {a.shape} vs {b.shape}.")
         keep = ~(np.isnan(a) | np.isnan(b))
-        differences = a[keep] - b[keep]
-        p_values[metric] = float(stats.wilcoxon(differences).pvalue) if np.any(differences != 0) else 1.0
-    return dict(sorted(p_values.items()))
+        differences[metric] = a[keep] - b[keep]
+    return differences
+
+
+def wilcoxon_tests(ours: Mapping[str, np.ndarray], baseline: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Two-sided Wilcoxon signed-rank p-value per metric, ours vs a baseline, on paired per-image values.
+
+    Pairs with a NaN on either side are dropped; when no pair differs (or none is left) the p-value is 1.0 (no
+    evidence of a difference). Returns ``{metric: p}`` for the metrics both mappings have. Which way a small p
+    points is :func:`signed_ranks_favour_ours`, not the means.
+    """
+    return {metric: float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
+            for metric, d in _paired_differences(ours, baseline).items()}
+
+
+def signed_ranks_favour_ours(ours: Mapping[str, np.ndarray], baseline: Mapping[str, np.ndarray]) -> dict[str, bool]:
+    """Per metric: do the signed ranks of the Wilcoxon test favour ours in the metric's :data:`METRIC_DIRECTIONS`?
+
+    With d = ours − baseline per image (zeros dropped, as the test drops them) and R± the sums of the ranks of |d|
+    over d > 0 and d < 0: ours is better when R− > R+ for a lower-is-better metric and R+ > R− otherwise. This is
+    the direction the test's p refers to; the means can point the other way when a few images dominate them.
+
+    Example (ours is worse on the mean, 8.25 vs 2 px, but closer on three of four images):
+        >>> signed_ranks_favour_ours({"H": np.array([1.0, 1, 1, 30])}, {"H": np.array([2.0, 2, 2, 2])})
+        {'H': True}
+    """
+    favour = {}
+    for metric, d in _paired_differences(ours, baseline).items():
+        d = d[d != 0]
+        ranks = stats.rankdata(np.abs(d))
+        r_plus, r_minus = ranks[d > 0].sum(), ranks[d < 0].sum()
+        favour[metric] = bool(r_minus > r_plus if METRIC_DIRECTIONS[metric] == "lower" else r_plus > r_minus)
+    return favour

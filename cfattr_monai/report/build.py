@@ -51,6 +51,14 @@ def _read_npz(path: str | Path) -> dict[str, np.ndarray] | None:
         return dict(archive)
 
 
+def _direction(verdict: Mapping) -> str:
+    """How ours compares in a cell of :func:`verdicts`: by the test's signed ranks, and the mean where it disagrees."""
+    ranks = "better" if verdict["better"] else "worse"
+    if verdict["better"] == verdict["better_on_mean"]:
+        return ranks
+    return f"{ranks} on the signed ranks, {'better' if verdict['better_on_mean'] else 'worse'} on the mean"
+
+
 def _attribution_section(attribution: Mapping | None, examples, out_dir: Path) -> list[str]:
     lines = ["## Attribution: localization against the lesion ground truth (paper Table 1)", ""]
     if attribution is None:
@@ -77,7 +85,7 @@ def _attribution_section(attribution: Mapping | None, examples, out_dir: Path) -
         "",
     ]
     failures = [
-        f"{metric} vs {baseline} at {p} (ours {'better' if v['better'] else 'worse'}, p = {v['p']:.2g})"
+        f"{metric} vs {baseline} at {p} (ours {_direction(v)}, p = {v['p']:.2g})"
         for baseline, by_p in verdicts(attribution).items()
         for p, by_metric in by_p.items()
         for metric, v in by_metric.items()

@@ -28,6 +28,7 @@ from cfattr_monai.metrics.localization import (
     PERCENTILES,
     binarize_at_percentile,
     localization_metrics,
+    signed_ranks_favour_ours,
     summarize,
     wilcoxon_tests,
 )
@@ -74,10 +75,12 @@ def localization_study(
 
     Returns:
         ``(fragment, per_image)``: the JSON fragment ``{"ours": {metric: summary}, "gradcam": {"P50": {metric:
-        summary}, …}, "saliency": …, "wilcoxon_p": {baseline: {P: {metric: p}}}}`` and the per-image values.
+        summary}, …}, "saliency": …, "wilcoxon_p": {baseline: {P: {metric: p}}}, "wilcoxon_favours_ours":
+        {baseline: {P: {metric: bool}}}}`` (the direction of each test) and the per-image values.
     """
     ours = localization_metrics(maps["mask"] > 0.5, lesions > 0.5, None if organs is None else organs > 0.5)
-    fragment: dict = {"ours": {m: summarize(v) for m, v in ours.items()}, "wilcoxon_p": {}}
+    fragment: dict = {"ours": {m: summarize(v) for m, v in ours.items()},
+                      "wilcoxon_p": {}, "wilcoxon_favours_ours": {}}
     per_image = {"ours": ours}
     for name in BASELINES:
         for q in percentiles:
@@ -85,6 +88,7 @@ def localization_study(
             values = localization_metrics(binary, lesions > 0.5, None if organs is None else organs > 0.5)
             fragment.setdefault(name, {})[f"P{q}"] = {m: summarize(v) for m, v in values.items()}
             fragment["wilcoxon_p"].setdefault(name, {})[f"P{q}"] = wilcoxon_tests(ours, values)
+            fragment["wilcoxon_favours_ours"].setdefault(name, {})[f"P{q}"] = signed_ranks_favour_ours(ours, values)
             per_image[f"{name}_P{q}"] = values
     return fragment, per_image
 

@@ -6,7 +6,8 @@ The inputs are the JSON fragments :func:`cfattr_monai.report.evaluate.evaluate_a
 Example:
     >>> s = {"mean": 1.0, "std": 0.5, "n": 3, "ci95": [0.0, 2.0]}
     >>> fragment = {"ours": {"H": s, "L": s, "A": s}, "gradcam": {"P50": {"H": s, "L": s, "A": s}},
-    ...             "wilcoxon_p": {"gradcam": {"P50": {"H": 0.5, "L": 0.5, "A": 0.5}}}}
+    ...             "wilcoxon_p": {"gradcam": {"P50": {"H": 0.5, "L": 0.5, "A": 0.5}}},
+    ...             "wilcoxon_favours_ours": {"gradcam": {"P50": {"H": True, "L": True, "A": True}}}}
     >>> print(table1(fragment, baselines=("gradcam",)).splitlines()[2])
     | P | H ours | H Grad-CAM | L ours | L Grad-CAM |
 """
@@ -138,17 +139,29 @@ def interval_table(fragment: Mapping, baselines: Sequence[str] = ("gradcam", "sa
 
 
 def verdicts(fragment: Mapping, baselines: Sequence[str] = ("gradcam", "saliency")) -> dict[str, dict[str, dict]]:
-    """Per baseline, percentile and metric: ``{"p", "better", "significant"}`` — is ours better in the metric's
-    direction (:data:`~cfattr_monai.metrics.localization.METRIC_DIRECTIONS`) and is the Wilcoxon p below 0.01?"""
+    """Per baseline, percentile and metric: ``{"p", "better", "better_on_mean", "significant"}``.
+
+    ``better``: the Wilcoxon test's signed ranks favour ours in the metric's direction
+    (:data:`~cfattr_monai.metrics.localization.METRIC_DIRECTIONS`); ``significant``: better and p < 0.01.
+    ``better_on_mean`` compares the means, which can disagree with the ranks when a few images dominate.
+
+    Raises:
+        ValueError: the fragment has no ``wilcoxon_favours_ours`` (written before the test's direction was kept).
+    """
+    if "wilcoxon_favours_ours" not in fragment:
+        raise ValueError("the attribution metrics have no 'wilcoxon_favours_ours' (the direction of each Wilcoxon "
+                         "test); they were written by an older version: rerun the evaluation (evaluate.json).")
     result: dict[str, dict[str, dict]] = {}
     for b in baselines:
         for p, metrics in fragment[b].items():
             for metric, direction in METRIC_DIRECTIONS.items():
                 ours, theirs = fragment["ours"][metric]["mean"], metrics[metric]["mean"]
-                better = ours < theirs if direction == "lower" else ours > theirs
                 p_value = fragment["wilcoxon_p"][b][p][metric]
+                better = fragment["wilcoxon_favours_ours"][b][p][metric]
                 result.setdefault(b, {}).setdefault(p, {})[metric] = {
-                    "p": p_value, "better": bool(better), "significant": bool(better and p_value < ALPHA)
+                    "p": p_value, "better": bool(better),
+                    "better_on_mean": bool(ours < theirs if direction == "lower" else ours > theirs),
+                    "significant": bool(better and p_value < ALPHA),
                 }
     return result
 
@@ -167,7 +180,8 @@ def significance_table(fragment: Mapping, baselines: Sequence[str] = ("gradcam",
     rows = ([p.lstrip("P"), *(cell(p, m, b) for m in METRIC_DIRECTIONS for b in baselines)]
             for p in _percentiles(fragment, baselines))
     lines = [
-        "Wilcoxon signed-rank p (two-sided, paired per image); ✓ ours better with p < 0.01, ✗ otherwise",
+        ("Wilcoxon signed-rank p (two-sided, paired per image); ✓ ours better (the signed ranks favour ours) with "
+         "p < 0.01, ✗ otherwise"),
         "",
         *markdown_table(["P", *columns], rows),
     ]
