@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from monai.networks.nets import DenseNet121
+from monai.networks.nets import DenseNet121, EfficientNetBN, resnet18
 from torch import nn
 
 from cfattr_monai.explain.baselines import (
@@ -103,8 +103,11 @@ def test_batched_saliency_equals_monai_vanillagrad_image_by_image():
         (lambda: DenseNet121(spatial_dims=2, in_channels=1, out_channels=1, init_features=8, growth_rate=4), (64, 64)),
         (lambda: DenseNet121(spatial_dims=3, in_channels=1, out_channels=1, init_features=4, growth_rate=2),
          (32, 32, 32)),
+        (lambda: resnet18(spatial_dims=2, n_input_channels=1, num_classes=1), (64, 64)),
+        (lambda: EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=1, num_classes=1),
+         (64, 64)),
     ],
-    ids=["mobilenet_v1", "densenet121", "densenet121_3d"],
+    ids=["mobilenet_v1", "densenet121", "densenet121_3d", "resnet18", "efficientnet_b0"],
 )
 def test_head_only_gradcam_equals_monai_gradcam_and_computes_no_weight_gradients(build, size, frozen):
     torch.manual_seed(0)

@@ -50,12 +50,14 @@ __all__ = [
 ]
 
 #: Grad-CAM target layer per backbone: the activation of the coarsest scale, the same feature map that
-#: :class:`cfattr_monai.networks.encoders.ClassifierEncoder` hands the attributor last.
+#: :class:`cfattr_monai.networks.encoders.ClassifierEncoder` hands the attributor last. MONAI's EfficientNets call
+#: one ``_swish`` module at the stem and at the head, so MONAI's hooks would pair the head's activation with the
+#: stem's gradient: there the target is the head's batch norm ``_bn1``, the input of that last Swish.
 GRADCAM_TARGET_LAYERS: dict[type[nn.Module], str] = {
     MobileNetV1: "features.block13.pointwise.adn.A",
     DenseNet: "class_layers.relu",
     ResNet: "layer4",
-    EfficientNet: "_swish",
+    EfficientNet: "_bn1",
 }
 #: The pathology logit's column in MONAI's ``class_idx``: the single output of a binary classifier, or of a two-logit
 #: one read through :func:`pathology_output` (``classifier_output``).
