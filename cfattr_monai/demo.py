@@ -65,7 +65,7 @@ def collect_metrics(out_dir: Path, bundles_dir: Path = BUNDLES_DIR) -> dict:
             "twin_abs_dp": marginalization.get("twin_abs_dp"),
         },
         "attribution": {key: attribution.get(key) for key in ("ours", "gradcam", "saliency", "wilcoxon_p",
-                                                             "wilcoxon_favours_ours", "flip_rate")},
+                                                             "wilcoxon_favours_ours", "n_empty_maps", "flip_rate")},
         "acceptance": _read(out_dir / "acceptance.json"),
         "timing": _read(out_dir / "timing.json"),
     }

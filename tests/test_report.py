@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -73,6 +74,21 @@ def test_significance_follows_the_signed_ranks_not_the_means(tmp_path):
         report = write_report(tmp_path, attribution=fragment).read_text()
         failures = report.split("Where ours does not beat a baseline significantly: ")[1].splitlines()[0]
         assert (f"H vs gradcam at P50 (ours {text}" in failures) if text else ("H vs gradcam at P50" not in failures)
+
+
+def test_empty_binary_maps_are_counted_and_reported(tmp_path):
+    """A Grad-CAM map that is zero everywhere (no positive evidence) and an empty map of ours are counted per
+    method and P, and the report says how Table 1 scored them."""
+    maps, lesions, organs = synthetic_maps()
+    maps["gradcam"][:2] = 0.0
+    maps["mask"][0] = 0.0
+    fragment, per_image = localization_study(maps, lesions, organs)
+    assert fragment["n_empty_maps"] == {"ours": 1, "gradcam": {"P50": 2, "P75": 2, "P90": 2},
+                                        "saliency": {"P50": 0, "P75": 0, "P90": 0}}
+    assert per_image["gradcam_P90"]["A"][:2].tolist() == [0.0, 0.0]
+    assert per_image["gradcam_P90"]["H"][0] == pytest.approx(math.hypot(SIZE, SIZE))
+    report = write_report(tmp_path, attribution=fragment).read_text()
+    assert ("ours 1; at P50 / P75 / P90: Grad-CAM 2 / 2 / 2, saliency 0 / 0 / 0; of 12 images." in report)
 
 
 def test_verdicts_refuse_metrics_without_the_test_direction(fragment):

@@ -22,6 +22,7 @@ import numpy as np
 from cfattr_monai.io.outputs import atomic_path
 from cfattr_monai.report.figures import save_attribution_grid, save_roc_figure
 from cfattr_monai.report.tables import (
+    BASELINE_NAMES,
     interval_table,
     markdown_table,
     significance_table,
@@ -59,6 +60,16 @@ def _direction(verdict: Mapping) -> str:
     return f"{ranks} on the signed ranks, {'better' if verdict['better_on_mean'] else 'worse'} on the mean"
 
 
+def _empty_maps_line(attribution: Mapping) -> str:
+    """How many binary maps are empty per method (and P): Table 1 scores them H = image diagonal, L = 0, A = 0."""
+    empty = attribution["n_empty_maps"]
+    baselines = [b for b in empty if b != "ours"]
+    counts = ", ".join(f"{BASELINE_NAMES.get(b, b)} {' / '.join(str(n) for n in empty[b].values())}" for b in baselines)
+    return (f"Empty binary maps, which Table 1 scores H = the image diagonal, L = 0 and A = 0 (a baseline map that is "
+            f"zero everywhere has no pixel above its percentile): ours {empty['ours']}; at "
+            f"{' / '.join(empty[baselines[0]])}: {counts}; of {attribution['ours']['A']['n']} images.")
+
+
 def _attribution_section(attribution: Mapping | None, examples, out_dir: Path) -> list[str]:
     lines = ["## Attribution: localization against the lesion ground truth (paper Table 1)", ""]
     if attribution is None:
@@ -76,6 +87,7 @@ def _attribution_section(attribution: Mapping | None, examples, out_dir: Path) -
         f"counterfactual flipped below θ "
         f"(flip rate): {attribution.get('flip_rate', float('nan')):.3f}.",
         "Grad-CAM and saliency are binarized at their own 50th/75th/90th percentile; ours is its binary map M̂.",
+        _empty_maps_line(attribution),
         "",
         table1(attribution),
         "",

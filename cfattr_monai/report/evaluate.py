@@ -65,6 +65,11 @@ def attribution_maps(explainer, images: torch.Tensor, batch_size: int = 8) -> di
     return {key: torch.cat(values) for key, values in parts.items()}
 
 
+def _n_empty(binary: np.ndarray | torch.Tensor) -> int:
+    """How many of the binary maps ``(B, …)`` have no pixel set."""
+    return int((np.asarray(binary).reshape(len(binary), -1).max(axis=1) == 0).sum())
+
+
 def localization_study(
     maps: dict[str, torch.Tensor],
     lesions: torch.Tensor,
@@ -76,17 +81,20 @@ def localization_study(
     Returns:
         ``(fragment, per_image)``: the JSON fragment ``{"ours": {metric: summary}, "gradcam": {"P50": {metric:
         summary}, …}, "saliency": …, "wilcoxon_p": {baseline: {P: {metric: p}}}, "wilcoxon_favours_ours":
-        {baseline: {P: {metric: bool}}}}`` (the direction of each test) and the per-image values.
+        {baseline: {P: {metric: bool}}}, "n_empty_maps": {"ours": n, baseline: {P: n}}}`` (the direction of each
+        test; how many binary maps are empty, e.g. a Grad-CAM map that is zero everywhere) and the per-image values.
     """
-    ours = localization_metrics(maps["mask"] > 0.5, lesions > 0.5, None if organs is None else organs > 0.5)
+    binary = maps["mask"] > 0.5
+    ours = localization_metrics(binary, lesions > 0.5, None if organs is None else organs > 0.5)
     fragment: dict = {"ours": {m: summarize(v) for m, v in ours.items()},
-                      "wilcoxon_p": {}, "wilcoxon_favours_ours": {}}
+                      "wilcoxon_p": {}, "wilcoxon_favours_ours": {}, "n_empty_maps": {"ours": _n_empty(binary)}}
     per_image = {"ours": ours}
     for name in BASELINES:
         for q in percentiles:
             binary = binarize_at_percentile(maps[name], q)
             values = localization_metrics(binary, lesions > 0.5, None if organs is None else organs > 0.5)
             fragment.setdefault(name, {})[f"P{q}"] = {m: summarize(v) for m, v in values.items()}
+            fragment["n_empty_maps"].setdefault(name, {})[f"P{q}"] = _n_empty(binary)
             fragment["wilcoxon_p"].setdefault(name, {})[f"P{q}"] = wilcoxon_tests(ours, values)
             fragment["wilcoxon_favours_ours"].setdefault(name, {})[f"P{q}"] = signed_ranks_favour_ours(ours, values)
             per_image[f"{name}_P{q}"] = values
