@@ -116,6 +116,25 @@ def test_lesion_inpainting_needs_lesion_masks(tmp_path, annotated):
     assert save_fig1c(results, tmp_path / "fig.png").stat().st_size > 1000
 
 
+def test_lesion_inpainting_leaves_out_pathological_images_without_a_mask():
+    """(iii) over the healthy images and the pathological ones with a lesion mask: the two masses without one would
+    keep their score and hide the drop."""
+    images = torch.full((8, 1, 16, 16), 0.2)
+    images[4:, :, 4:8, 4:8] = 0.9  # every pathological image has the lesion …
+    lesion = torch.zeros_like(images)
+    lesion[4:6, :, 4:8, 4:8] = 1.0  # … only two carry its mask
+    data = {"image": images, "lesion": lesion, "organ": torch.ones_like(images),
+            "label": torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])}
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 1)).eval()
+    with torch.no_grad():  # the mean brightness of the lesion's square
+        classifier[1].weight.copy_(lesion[4].flatten()[None] / 16.0)
+        classifier[1].bias.fill_(-0.5)
+    results = marginalization_study(classifier, {"inpaint": get_marginalizer("mean")}, data, n_runs=2)
+    assert results["auc_none"]["mean"] == 1.0 and results["settings"]["n_lesion_images"] == 2
+    assert results["auc_lesion_inpaint"]["mean"] < 0.75  # 0.75 or more if the two unmasked masses counted
+    assert set(results["roc"]["lesion_inpaint"]["tpr"]) <= {0.0, 0.5, 1.0}  # two pathological images on the curve
+
+
 def test_the_fig1c_curve_encloses_the_printed_auc_also_with_tied_scores():
     """A classifier that gives half the images the same score: ties count ½, on the curve as in the AUC."""
     images = torch.zeros(8, 1, 16, 16)
