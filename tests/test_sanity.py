@@ -23,16 +23,18 @@ def _square(size: int = 32, at: int = 8) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "other, expected",
+    "other, expected, expected_abs",
     [
-        (lambda m: m.clone(), 1.0),
-        (lambda m: 1.0 - m, -1.0),
-        (lambda m: torch.zeros_like(m), 0.0),
+        (lambda m: m.clone(), 1.0, 1.0),
+        (lambda m: 1.0 - m, -1.0, 1.0),  # inverted: as structured as the map, low only while ρ keeps its sign
+        (lambda m: torch.zeros_like(m), 0.0, 0.0),
+        (lambda m: torch.cat([m[:1], 1.0 - m[1:]]), 0.0, 1.0),  # one image +1, one −1: the signed mean cancels
     ],
 )
-def test_spearman_similarity(other, expected):
-    maps = _square() + 0.01 * torch.arange(32.0 * 32).reshape(1, 1, 32, 32) / 1024
+def test_spearman_similarity(other, expected, expected_abs):
+    maps = (_square() + 0.01 * torch.arange(32.0 * 32).reshape(1, 1, 32, 32) / 1024).repeat(2, 1, 1, 1)
     assert spearman_similarity(maps, other(maps)) == pytest.approx(expected, abs=1e-6)
+    assert spearman_similarity(maps, other(maps), absolute=True) == pytest.approx(expected_abs, abs=1e-6)
 
 
 def test_ssim_identical_is_one_and_different_is_lower():
@@ -122,8 +124,9 @@ def test_randomization_check_on_a_small_trained_attributor():
     assert result["attributor"]["spearman"] == pytest.approx(sum(draws) / 3)
     assert -1.0 <= result["attributor"]["spearman_between_draws"] <= 1.0
     assert len(result["cascading"]) == 2 and result["classifier"] == {
-        k: result["cascading"][-1][k] for k in ("spearman", "ssim", "spearman_region")
+        k: result["cascading"][-1][k] for k in ("spearman", "ssim", "spearman_abs", "spearman_region")
     }
+    assert all(abs(r["spearman"]) <= r["spearman_abs"] <= 1.0 for r in (result["attributor"], *result["cascading"]))
     assert all(-1.0 <= r["spearman_region"] <= 1.0 for r in (result["attributor"], *result["cascading"]))
 
 

@@ -20,7 +20,8 @@ For all images: the mean map area of healthy (label 0) vs lesion (label 1) image
 target < 1/3). Lesion masks are used here only, never in training.
 
 Randomization sanity check (:mod:`cfattr_monai.metrics.sanity`, target ρ < 0.2) on up to 16 flagged lesion images:
-``randomization_spearman`` over the whole image, ``randomization_spearman_organ`` over the organ only.
+``randomization_spearman`` over the whole image, ``randomization_spearman_organ`` over the organ only, and
+``randomization_spearman_abs``, the mean of |ρ| over the whole image (a negative ρ is structure too, not noise).
 
 Command line (prints JSON)::
 
@@ -124,6 +125,7 @@ def acceptance_summary(
         organs = data["organ"][flagged][:randomization_images].to(device)
         check = randomization_check(explainer.attributor, images, region=organs)
         summary["randomization_spearman"] = {k: check[k]["spearman"] for k in ("attributor", "classifier")}
+        summary["randomization_spearman_abs"] = {k: check[k]["spearman_abs"] for k in ("attributor", "classifier")}
         summary["randomization_spearman_organ"] = {k: check[k]["spearman_region"] for k in ("attributor", "classifier")}
         summary["randomization_ssim"] = {k: check[k]["ssim"] for k in ("attributor", "classifier")}
         summary["randomization_spearman_attributor_draws"] = check["attributor"]["spearman_draws"]

@@ -14,7 +14,8 @@ randomizations of the attributor of :mod:`cfattr_monai.networks.attribution`:
 Similarity between the trained maps and the randomized maps: Spearman rank correlation (scipy.stats.spearmanr) of
 the flattened maps and SSIM (MONAI ``SSIMMetric``), averaged over images. **Lower is better**: the check passes
 when the similarity is low (the paper's maps turn into "pure noise"); a map with no rank information (constant)
-counts as correlation 0. With a ``region`` (the organ) ρ is also computed over the pixels inside it: outside the
+counts as correlation 0. The mean of ρ keeps its sign, so an inverted map (ρ = −1) or images whose correlations
+cancel also score low; ``spearman_abs``, the mean of |ρ| (Adebayo et al. report both), is low only for noise. With a ``region`` (the organ) ρ is also computed over the pixels inside it: outside the
 organ a map's values are shaped by the network's architecture (the smooth-max window spreading the organ's values,
 the film label) whatever its weights, so the in-organ ρ isolates what the trained weights decide.
 """
@@ -39,10 +40,13 @@ __all__ = [
 ]
 
 
-def spearman_similarity(maps: torch.Tensor, other: torch.Tensor, region: torch.Tensor | None = None) -> float:
+def spearman_similarity(
+    maps: torch.Tensor, other: torch.Tensor, region: torch.Tensor | None = None, absolute: bool = False
+) -> float:
     """Mean over images of Spearman's ρ between two batches of maps ``(B, 1, H, W)`` (constant maps: ρ = 0).
 
     ``region`` ``(B, 1, H, W)``, optional: rank only the pixels where it is > 0 (e.g. the organ), per image.
+    ``absolute``: the mean of |ρ| instead (an inverted map is as structured as the map itself).
     """
     if maps.shape != other.shape or (region is not None and region.shape != maps.shape):
         shapes = [tuple(t.shape) for t in (maps, other, region) if t is not None]
@@ -52,7 +56,7 @@ def spearman_similarity(maps: torch.Tensor, other: torch.Tensor, region: torch.T
     for a, b, keep in zip(maps.flatten(1).cpu().numpy(), other.flatten(1).cpu().numpy(), inside):
         a, b = a[keep], b[keep]
         rho = 0.0 if a.size < 2 or a.min() == a.max() or b.min() == b.max() else float(spearmanr(a, b).statistic)
-        values.append(rho)
+        values.append(abs(rho) if absolute else rho)
     return float(np.mean(values))
 
 
@@ -125,8 +129,9 @@ def randomization_check(
             ``spearman_region``, ρ over the pixels inside the region only.
 
     Returns:
-        ``{"attributor": {"spearman", "ssim", "spearman_draws", "spearman_between_draws"}, "cascading": [{"layer",
-        "spearman", "ssim"}, …], "classifier": {"spearman", "ssim"}}`` where ``attributor`` holds the means over the
+        ``{"attributor": {"spearman", "spearman_abs", "ssim", "spearman_draws", "spearman_between_draws"},
+        "cascading": [{"layer", "spearman", "spearman_abs", "ssim"}, …], "classifier": {"spearman", "spearman_abs",
+        "ssim"}}`` where ``attributor`` holds the means over the
         draws (and ρ per draw) and ``classifier`` the fully randomized classifier (last step), each with
         ``spearman_region`` when a ``region`` is given. Lower is better. ``spearman_between_draws`` (only for
         ``draws`` > 1) is the mean ρ between consecutive re-initializations: the level that untrained attributors
@@ -143,7 +148,8 @@ def randomization_check(
     trained = attributor.eval()(images)
 
     def compare(maps: torch.Tensor) -> dict[str, float]:
-        result = {"spearman": spearman_similarity(trained, maps), "ssim": ssim_similarity(trained, maps)}
+        result = {"spearman": spearman_similarity(trained, maps), "ssim": ssim_similarity(trained, maps),
+                  "spearman_abs": spearman_similarity(trained, maps, absolute=True)}
         if region is not None:
             result["spearman_region"] = spearman_similarity(trained, maps, region)
         return result

@@ -138,6 +138,8 @@ def _counterfactual_section(acceptance: Mapping | None) -> list[str]:
         ("Spearman ρ vs re-initialized attributor / randomized classifier, whole image",
          pair("randomization_spearman"), "< 0.2"),
         ("the same inside the organ", pair("randomization_spearman_organ"), "–"),
+        ("the same as mean \\|ρ\\| (an inverted map is structure too, not noise)", pair("randomization_spearman_abs"),
+         "–"),
         ("reference: Spearman ρ between two re-initialized attributors", value("randomization_spearman_between_draws", 2),
          "–"),
     ]
