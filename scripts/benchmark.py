@@ -87,6 +87,8 @@ from cfattr_monai.transforms.masks import SmoothMaxCompact
 BACKBONES = {"mobilenet_v1": ("mammo", 8), "densenet121": ("chest", 7)}
 METHODS = tuple(TIMING_METHODS)  # the JSON's maps_per_s keys, in the report's order
 TIMED = tuple(name for name in METHODS if name != "iterative")  # --methods (--iterative-images runs the iterative)
+#: the methods whose networks --compile compiles
+COMPILED_METHODS = ("ours", "ours_with_counterfactual", "saliency_batched", "classifier_forward")
 
 
 def build_classifier(backbone: str, width_mult: float) -> nn.Module:
@@ -136,9 +138,17 @@ def random_or_checkpoint_networks(args: argparse.Namespace, device: torch.device
     classifier = classifier.to(device).eval().requires_grad_(False)
     inpainter = inpainter.to(device).eval().requires_grad_(False)
     attributor = AttentionGatedUNet(classifier, compact=SmoothMaxCompact())
+    before = {key: value.clone() for key, value in classifier.state_dict().items()}
     weights["attributor"] = load_weights(
         attributor, args.attributor_ckpt, "--attributor-ckpt", ("classifier.", "encoder.")
     )
+    # an attributor checkpoint holds the classifier it was trained on (classifier.*), which loading puts in place
+    if any(not torch.equal(before[key], value) for key, value in classifier.state_dict().items()):
+        if args.classifier_ckpt:
+            raise ValueError(f"--attributor-ckpt: {args.attributor_ckpt} holds another classifier than "
+                             f"--classifier-ckpt {args.classifier_ckpt}; pass the classifier that attributor was "
+                             "trained on, or leave --classifier-ckpt out to time the one it holds.")
+        weights["classifier"] = f"{args.attributor_ckpt} (the classifier the attributor holds)"
     return classifier, inpainter, attributor.to(device).eval(), InpaintMarginalizer(inpainter), weights, {}
 
 
@@ -229,13 +239,15 @@ def run(args: argparse.Namespace) -> dict:
         network.to(memory_format=memory_format)
     images = phantom_batch(kind, size, args.batch).to(device).contiguous(memory_format=memory_format)
 
-    # --compile applies to the plain forward/backward paths; MONAI's hook-based GradCAM/VanillaGrad stay eager
+    # --compile applies to the plain forward/backward paths (COMPILED_METHODS); MONAI's hook-based GradCAM and
+    # VanillaGrad stay eager
     fast_classifier = torch.compile(classifier) if args.compile else classifier
     fast_attributor = torch.compile(attributor) if args.compile else attributor
     explainer = CounterfactualExplainer(fast_attributor, fast_classifier, marginalizer).eval()
-    # copies with the same weights, made before MONAI's hooks are registered on the classifier
+    # copies with the same weights: MONAI's GradCAM keeps its hooks on its network (and sets the target ReLU out of
+    # place), which no other method should carry
     trainable, head_only = copy.deepcopy(classifier).requires_grad_(True), copy.deepcopy(classifier)
-    gradcam, saliency = GradCAMBaseline(classifier), SaliencyBaseline(classifier)
+    gradcam, saliency = GradCAMBaseline(copy.deepcopy(classifier)), SaliencyBaseline(classifier)
     # MONAI's default post-processing goes through numpy, which has no bfloat16: under --amp it gets the same
     # per-image min-max scaling in torch
     bf16_postprocessing = {"postprocessing": normalize_per_image} if args.amp else {}
@@ -322,6 +334,8 @@ def run(args: argparse.Namespace) -> dict:
             "weights": weights, "width_mult": None if args.attributor_bundle else args.width_mult,
             "inpainter_levels": getattr(inpainter, "num_levels", None), "phantoms": kind,
             "channels_last": args.channels_last, "amp_bf16": args.amp, "compile": args.compile,
+            # --compile reaches these methods only; MONAI's GradCAM and VanillaGrad and the iterative method stay eager
+            "compiled_methods": [m for m in COMPILED_METHODS if m in calls] if args.compile else [],
             "methods": list(calls), "repeats": args.repeats, "passes": args.passes, "warmup": warmup,
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -14,6 +14,7 @@ from monai.transforms import Compose
 
 from cfattr_monai.data.datalist import save_png
 from cfattr_monai.data.phantoms import generate_phantom
+from cfattr_monai.networks.attribution import AttentionGatedUNet
 from cfattr_monai.networks.mobilenet import MobileNetV1
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
@@ -46,6 +47,7 @@ def test_tiny_run_writes_the_documented_json(benchmark, tmp_path, capsys):
                                      "ours_vs_forward"}
     assert result["ratios"]["ours_vs_gradcam"] == pytest.approx(rates["ours"] / rates["gradcam"])
     assert result["iterative"]["runs"][0]["iterations"] <= 2
+    assert result["settings"]["compile"] is False and result["settings"]["compiled_methods"] == []
     flops = result["gflops_per_image"]  # the attributor runs the classifier's features plus its decoder
     assert 0 < flops["classifier_forward"] < flops["ours"]
     assert "| ours |" in capsys.readouterr().out
@@ -150,6 +152,42 @@ def test_iterative_can_be_skipped_and_checkpoints_are_loaded(benchmark, tmp_path
                              "--out", str(tmp_path / "b.json")])
     assert result["maps_per_s"]["iterative"] is None and result["ratios"]["ours_vs_iterative"] is None
     assert result["settings"]["weights"] == {"classifier": str(ckpt), "inpainter": "random", "attributor": "random"}
+
+
+def test_an_attributor_checkpoint_brings_its_classifier(benchmark, tmp_path):
+    """The attributor's state dict holds its classifier: timed as that one, and refused beside another one."""
+    torch.manual_seed(1)
+    trained_on = MobileNetV1(width_mult=0.25)
+    torch.save(AttentionGatedUNet(trained_on).state_dict(), tmp_path / "attributor.pt")
+    torch.save(trained_on.state_dict(), tmp_path / "same.pt")
+    torch.manual_seed(2)
+    torch.save(MobileNetV1(width_mult=0.25).state_dict(), tmp_path / "other.pt")
+    argv = [*TINY, "--iterative-images", "0", "--attributor-ckpt", str(tmp_path / "attributor.pt"),
+            "--out", str(tmp_path / "b.json")]
+    alone = benchmark.main(argv)["settings"]["weights"]["classifier"]
+    assert alone == f"{tmp_path / 'attributor.pt'} (the classifier the attributor holds)"
+    assert benchmark.main([*argv, "--classifier-ckpt", str(tmp_path / "same.pt")])["settings"]["weights"][
+        "classifier"] == str(tmp_path / "same.pt")
+    (tmp_path / "b.json").unlink()
+    with pytest.raises(ValueError, match="holds another classifier than --classifier-ckpt .*other.pt"):
+        benchmark.main([*argv, "--classifier-ckpt", str(tmp_path / "other.pt")])
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_monai_gradcam_keeps_its_hooks_on_its_own_copy(benchmark, tmp_path, monkeypatch):
+    networks = {}
+
+    def spy(name, cls):
+        def build(network, *args, **kwargs):
+            networks[name] = network
+            return cls(network, *args, **kwargs)
+        return build
+
+    monkeypatch.setattr(benchmark, "GradCAMBaseline", spy("gradcam", benchmark.GradCAMBaseline))
+    monkeypatch.setattr(benchmark, "SaliencyBaseline", spy("saliency", benchmark.SaliencyBaseline))
+    benchmark.main([*TINY, "--iterative-images", "0", "--out", str(tmp_path / "b.json")])
+    assert any(m._forward_hooks for m in networks["gradcam"].modules())
+    assert not any(m._forward_hooks or m._backward_hooks for m in networks["saliency"].modules())
 
 
 @pytest.mark.parametrize("extra, channels_last, amp", [
