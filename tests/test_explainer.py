@@ -131,6 +131,18 @@ def test_acceptance_summary_of_a_split_without_healthy_images(tmp_path):
     assert summary["mean_area_healthy_images"] is None and "healthy_to_lesion_area" not in summary
 
 
+def test_the_lesion_hull_reference_uses_the_attributors_mapping_into_s(tmp_path):
+    """The oracle maps the lesion into S with the attributor's own σ and smoothing, not the defaults."""
+    datalist = write_phantom_dataset(tmp_path / "phantoms", kind="mammo", n=10, size=32, seed=0)
+    attributor = CountingAttributor()
+    seen = []
+    attributor.compact = lambda mask: seen.append(mask) or torch.ones_like(mask)  # the whole image: nothing to flip
+    explainer = CounterfactualExplainer(attributor, Brightness(0.0), get_marginalizer("mean"))
+    summary = acceptance_summary(explainer, datalist, "test", (32, 32), threshold=0.5, randomization_images=0)
+    assert len(seen) == 1 and seen[0].shape[0] == summary["flagged_with_lesion_mask"] == 1
+    assert set(seen[0].unique().tolist()) == {0.0, 1.0}  # the lesion mask itself went in
+
+
 @pytest.mark.parametrize("lesion_mask", [True, False])
 def test_lesion_figures_count_only_images_with_a_lesion_mask(tmp_path, lesion_mask):
     """A pathological image without lesion ground truth (chest X-ray data sets) is neither hit nor missed."""

@@ -84,7 +84,8 @@ def acceptance_summary(
     annotated = flagged & (data["lesion"].flatten(1).amax(dim=1) > 0)  # a missing lesion mask loads as empty
     oracle = torch.full_like(out["p"], math.nan)  # p(c|π(lesion hull)), computed only where it is reported
     if bool(annotated.any()):
-        oracle_masks = (map_into_compact(data["lesion"][annotated]) > explainer.threshold).float()
+        compact = getattr(explainer.attributor, "compact", None) or map_into_compact  # the attributor's σ, smoothing
+        oracle_masks = (compact(data["lesion"][annotated]) > explainer.threshold).float()
         oracle[annotated] = torch.cat([
             pathology_probability(explainer.classifier(explainer.marginalizer(images.to(device), masks.to(device))))
             .float().cpu()
