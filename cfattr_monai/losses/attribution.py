@@ -79,7 +79,8 @@ def psi(counterfactual_logit: torch.Tensor, image_logit: torch.Tensor) -> torch.
 
 
 def weighted_total_variation(mask: torch.Tensor, image: torch.Tensor, edge_scale: float = 0.1) -> torch.Tensor:
-    """R(M) = mean_u w(u) · (|∂_x M(u)| + |∂_y M(u)|), w(u) = exp(−‖∇I(u)‖² / (2 s²)), per image (ref. [23]).
+    """R(M) = mean_u w_x(u)·|∂_x M(u)| + mean_u w_y(u)·|∂_y M(u)|, w_x(u) = exp(−(∂_x I(u))² / (2 s²)) (w_y alike),
+    per image (ref. [23]): each direction's jump of M is weighted by the image's jump along that direction.
 
     Args:
         mask: ``(B, 1, H, W)`` map M.
