@@ -300,6 +300,9 @@ def run(args: argparse.Namespace) -> dict:
         loss = CounterfactualLoss(classifier, marginalizer, delta=delta, threshold=threshold)
         method = IterativeCounterfactual(loss, max_iterations=args.iterative_max_iterations)
         targets = images[: args.iterative_images]
+        if len(targets) < args.iterative_images:
+            print(f"--iterative-images {args.iterative_images}: the batch has {len(targets)} image(s); the iterative "
+                  f"method runs on those (raise --batch for more)", file=sys.stderr)
         start, start_cpu = time.perf_counter(), time.process_time()
         with amp:
             method(targets)

@@ -54,6 +54,13 @@ def test_tiny_run_writes_the_documented_json(benchmark, tmp_path, capsys):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_more_iterative_images_than_the_batch_are_named(benchmark, tmp_path, capsys):
+    result = benchmark.main([*TINY, "--iterative-images", "3", "--methods", "classifier_forward",
+                             "--out", str(tmp_path / "b.json")])
+    assert result["iterative"]["images"] == 2
+    assert "--iterative-images 3: the batch has 2 image(s)" in capsys.readouterr().err
+
+
 def test_iterative_loss_takes_the_given_threshold_and_delta(benchmark, tmp_path, monkeypatch):
     made = []
     original = benchmark.CounterfactualLoss
