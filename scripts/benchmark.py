@@ -62,7 +62,7 @@ from monai.visualize import GradCAM
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cfattr_monai.bundle import bundle_checkpoint, load_network, read_state_dict
+from cfattr_monai.bundle import bundle_checkpoint, fingerprint, load_network, read_state_dict
 from cfattr_monai.data.phantoms import generate_phantom
 from cfattr_monai.explain.baselines import (
     PATHOLOGY_INDEX,
@@ -138,12 +138,12 @@ def random_or_checkpoint_networks(args: argparse.Namespace, device: torch.device
     classifier = classifier.to(device).eval().requires_grad_(False)
     inpainter = inpainter.to(device).eval().requires_grad_(False)
     attributor = AttentionGatedUNet(classifier, compact=SmoothMaxCompact())
-    before = {key: value.clone() for key, value in classifier.state_dict().items()}
+    before = fingerprint(classifier)
     weights["attributor"] = load_weights(
         attributor, args.attributor_ckpt, "--attributor-ckpt", ("classifier.", "encoder.")
     )
     # an attributor checkpoint holds the classifier it was trained on (classifier.*), which loading puts in place
-    if any(not torch.equal(before[key], value) for key, value in classifier.state_dict().items()):
+    if fingerprint(classifier) != before:
         if args.classifier_ckpt:
             raise ValueError(f"--attributor-ckpt: {args.attributor_ckpt} holds another classifier than "
                              f"--classifier-ckpt {args.classifier_ckpt}; pass the classifier that attributor was "
