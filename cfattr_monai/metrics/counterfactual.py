@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from cfattr_monai.io.outputs import atomic_path
-from cfattr_monai.metrics.marginalization import load_split, load_twins
+from cfattr_monai.metrics.marginalization import has_lesion_mask, load_split, load_twins
 from cfattr_monai.metrics.sanity import randomization_check
 from cfattr_monai.networks.classifier_output import pathology_probability
 from cfattr_monai.transforms.masks import map_into_compact
@@ -81,7 +81,7 @@ def acceptance_summary(
     organ_ratio = out["mask"].flatten(1).sum(dim=1) / data["organ"].flatten(1).sum(dim=1).clamp_min(1.0)
     lesion, healthy = data["label"] == 1, data["label"] == 0
     flagged = lesion & (out["p"] >= threshold)
-    annotated = flagged & (data["lesion"].flatten(1).amax(dim=1) > 0)  # a missing lesion mask loads as empty
+    annotated = flagged & has_lesion_mask(data)
     oracle = torch.full_like(out["p"], math.nan)  # p(c|π(lesion hull)), computed only where it is reported
     if bool(annotated.any()):
         compact = getattr(explainer.attributor, "compact", None) or map_into_compact  # the attributor's σ, smoothing

@@ -58,7 +58,7 @@ from cfattr_monai.networks.classifier_output import pathology_probability
 from cfattr_monai.transforms.marginalize import Marginalizer
 from cfattr_monai.transforms.masks import irregular_hole_mask
 
-__all__ = ["hole_psnr", "hole_ssim", "load_split", "load_study_data", "load_twins", "marginalization_study",
+__all__ = ["has_lesion_mask", "hole_psnr", "hole_ssim", "load_split", "load_study_data", "load_twins", "marginalization_study",
            "save_fig1c", "write_study"]
 
 logger = logging.getLogger(__name__)
@@ -131,6 +131,12 @@ def load_study_data(datalist: str | Path, split: str = "test", image_size: Seque
     if twins is not None:
         data["twin"] = twins
     return data
+
+
+def has_lesion_mask(data: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``(N,)`` bool: the images of a :func:`load_split` result that have lesion ground truth (a missing lesion mask
+    loads as an empty one)."""
+    return data["lesion"].flatten(1).amax(dim=1) > 0
 
 
 def hole_psnr(filled: torch.Tensor, original: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
@@ -232,8 +238,9 @@ def marginalization_study(
     psnr = {name: [] for name in marginalizers}
     ssim = {name: [] for name in marginalizers}
     auc_lesion, roc, floor_dp, floor_psnr = [], {}, [], []
-    annotated = bool(data["lesion"].any())  # no lesion masks at all (chest X-ray): no (iii), as in the paper
-    in_iii = healthy | (data["lesion"].flatten(1).amax(dim=1) > 0)  # (iii): healthy + pathological with a mask
+    with_mask = has_lesion_mask(data)
+    annotated = bool(with_mask.any())  # no lesion masks at all (chest X-ray): no (iii), as in the paper
+    in_iii = healthy | with_mask  # (iii): healthy + pathological with a mask
     twins = data.get("twin") if annotated else None
     sick = labels == 1
     if twins is not None:

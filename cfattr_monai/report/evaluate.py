@@ -147,14 +147,14 @@ def evaluate_attribution(
     from cfattr_monai.bundle import bundle_checkpoint
     from cfattr_monai.explain.counterfactual import load_explainer, read_classification_threshold
     from cfattr_monai.io.explanations import bundle_image_size
-    from cfattr_monai.metrics.marginalization import load_split
+    from cfattr_monai.metrics.marginalization import has_lesion_mask, load_split
 
     if area_reference not in ("organ", "image"):
         raise ValueError(f"evaluate_attribution: area_reference must be 'organ' or 'image', got {area_reference!r}.")
     if image_size is None:
         image_size = bundle_image_size(attributor_bundle, overlays)
     data = load_split(datalist, split, image_size)
-    annotated = data["lesion"].flatten(1).amax(dim=1) > 0
+    annotated = has_lesion_mask(data)
     # a data set without any lesion mask (chest X-ray): every pathological image, A and the flip rate only (H and L
     # are NaN), as in the paper's tuberculosis column of Table 1
     keep = (data["label"] == 1) & (annotated if annotated.any() else True)
