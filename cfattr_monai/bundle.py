@@ -49,12 +49,14 @@ def read_bundle_config(bundle_dir: str | Path, overlays: Sequence[str | Path] = 
 def bundle_checkpoint(
     bundle_dir: str | Path, overlays: Sequence[str | Path] = (), checkpoint: str | Path | None = None
 ) -> Path:
-    """The trained weights of a bundle: ``bundle_dir / checkpoint`` when given, else ``model.pt`` in the ``ckpt_dir``
-    of its ``configs/inference.json`` merged with ``overlays`` (so an overlay that trains into another folder, e.g.
-    ``models_chest/``, is loaded from there), else ``models/model.pt``."""
+    """The trained weights of a bundle, as an absolute path: ``bundle_dir / checkpoint`` when given, else ``model.pt``
+    in the ``ckpt_dir`` of its ``configs/inference.json`` merged with ``overlays`` (so an overlay that trains into
+    another folder, e.g. ``models_chest/``, is loaded from there), else ``models/model.pt``. Absolute, so that the
+    result passed on as a ``checkpoint`` (relative to the bundle) names the same file for a relative ``bundle_dir``."""
     if checkpoint is not None:
-        return Path(bundle_dir) / checkpoint
-    return _configured_checkpoint(read_bundle_config(bundle_dir, overlays, caller="bundle_checkpoint"), bundle_dir)
+        return (Path(bundle_dir) / checkpoint).resolve()
+    parser = read_bundle_config(bundle_dir, overlays, caller="bundle_checkpoint")
+    return _configured_checkpoint(parser, bundle_dir).resolve()
 
 
 def _configured_checkpoint(parser: ConfigParser, bundle_dir: str | Path) -> Path:

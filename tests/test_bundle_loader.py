@@ -41,6 +41,16 @@ def test_task_overlay_selects_the_paper_network(bundle):
     assert isinstance(net, DenseNet121)
 
 
+def test_a_bundle_given_by_a_relative_path_has_its_checkpoint_joined_once(bundle, monkeypatch):
+    """Callers pass bundle_checkpoint's result on as a checkpoint relative to the bundle (e.g. the acceptance command
+    `python -m cfattr_monai.metrics.counterfactual bundles/attributor`): it must name the same file again."""
+    bundle_dir, _ = bundle
+    monkeypatch.chdir(bundle_dir.parent)
+    found = bundle_checkpoint(bundle_dir.name)
+    assert found == (bundle_dir / "models" / "model.pt").resolve()
+    assert bundle_checkpoint(bundle_dir.name, checkpoint=found) == found
+
+
 def test_an_overlay_ckpt_dir_is_where_the_weights_are_loaded_from(bundle):
     """A task overlay that trains into another folder (e.g. task_phantom_chest.json → models_chest/) is loaded from
     there, not from the demo's models/model.pt."""
