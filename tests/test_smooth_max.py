@@ -67,6 +67,37 @@ def test_smooth_max_tends_to_rbf_dilation():
     assert float(out[0, 0]) < 1e-3
 
 
+def _smooth_max_reference(mask: np.ndarray, sigma: float, smoothing: float) -> np.ndarray:
+    """``smax_{v ∈ Ω_u; β} k(u − v) M(v)`` pixel by pixel, the window ending at the border."""
+    radius = max(1, int(np.ceil(3 * sigma)))
+    height, width = mask.shape
+    out = np.zeros_like(mask, dtype=np.float64)
+    for y in range(height):
+        for x in range(width):
+            rows = slice(max(0, y - radius), min(height, y + radius + 1))
+            ys, xs = np.mgrid[rows, max(0, x - radius) : min(width, x + radius + 1)]
+            w = np.exp(-((ys - y) ** 2 + (xs - x) ** 2) / (2 * sigma**2)) * mask[ys, xs]
+            e = np.exp(smoothing * (w - w.max()))
+            out[y, x] = (w * e).sum() / e.sum()
+    return out
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("shape, sigma, smoothing", [((2, 1, 7, 9), 1.0, 30.0), ((1, 1, 12, 5), 1.7, 5.0)])
+def test_smooth_max_matches_the_formula_with_and_without_autograd(shape, sigma, smoothing, grad):
+    """Without autograd the function multiplies in place; with it, it must not (the softmax's backward needs its
+    output): both give the formula's value, and the gradient is finite."""
+    mask = torch.rand(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mask.requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        out = gaussian_rbf_smooth_max(mask, sigma, smoothing)
+    for image, result in zip(mask.detach().numpy()[:, 0], out.detach().numpy()[:, 0]):
+        np.testing.assert_allclose(result, _smooth_max_reference(image, sigma, smoothing), rtol=1e-10, atol=1e-12)
+    if grad:
+        (gradient,) = torch.autograd.grad(out.sum(), mask)
+        assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
+
+
 @pytest.mark.parametrize(
     "size, edge_center",
     [((64, 64), (0, 0)), ((64, 64), (0, 32)), ((128, 96), (127, 40)), ((96, 128), (50, 127))],
