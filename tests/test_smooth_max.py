@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from cfattr_monai.transforms import masks
 from cfattr_monai.transforms.masks import SmoothMaxCompact, gaussian_rbf_smooth_max, map_into_compact
 
 
@@ -82,11 +83,13 @@ def _smooth_max_reference(mask: np.ndarray, sigma: float, smoothing: float) -> n
     return out
 
 
+@pytest.mark.parametrize("chunk", [masks.WINDOW_CHUNK, 1])
 @pytest.mark.parametrize("grad", [False, True])
-@pytest.mark.parametrize("shape, sigma, smoothing", [((2, 1, 7, 9), 1.0, 30.0), ((1, 1, 12, 5), 1.7, 5.0)])
-def test_smooth_max_matches_the_formula_with_and_without_autograd(shape, sigma, smoothing, grad):
+@pytest.mark.parametrize("shape, sigma, smoothing", [((3, 1, 7, 9), 1.0, 30.0), ((1, 1, 12, 5), 1.7, 5.0)])
+def test_smooth_max_matches_the_formula_with_and_without_autograd(shape, sigma, smoothing, grad, chunk, monkeypatch):
     """Without autograd the function multiplies in place; with it, it must not (the softmax's backward needs its
-    output): both give the formula's value, and the gradient is finite."""
+    output): both give the formula's value, in one chunk or one image at a time, and the gradient is finite."""
+    monkeypatch.setattr(masks, "WINDOW_CHUNK", chunk)
     mask = torch.rand(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     mask.requires_grad_(grad)
     with torch.set_grad_enabled(grad):

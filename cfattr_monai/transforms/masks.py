@@ -229,6 +229,10 @@ class RandIrregularHoleMaskd(Randomizable, MapTransform):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+WINDOW_CHUNK = 2**20
+"""Values of the smooth maximum's window tensor computed at once (images per chunk: this ÷ (2r+1)²·H·W)."""
+
+
 def gaussian_rbf_smooth_max(mask: torch.Tensor, sigma: float, smoothing: float = 30.0) -> torch.Tensor:
     """Smoothed maximum of a Gaussian-RBF weighted neighbourhood, on the grid of ``mask``.
 
@@ -256,14 +260,20 @@ def gaussian_rbf_smooth_max(mask: torch.Tensor, sigma: float, smoothing: float =
     offsets = torch.arange(-radius, radius + 1, dtype=mask.dtype, device=mask.device)
     kernel = torch.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * sigma**2)).reshape(1, -1, 1)
     height, width = mask.shape[-2:]
-    # (B, (2r+1)², H·W) tensors, each a fresh allocation (page faults) of 13 MB at 256², batch 8: as few as the
-    # gradient allows; the multiplications by the kernel and, without autograd, by the softmax run in place
-    windows = F.unfold(mask, kernel_size=2 * radius + 1, padding=radius).mul_(kernel)
-    inside = F.unfold(torch.ones_like(mask[:1]), kernel_size=2 * radius + 1, padding=radius)
+    size = 2 * radius + 1
+    inside = F.unfold(torch.ones_like(mask[:1]), kernel_size=size, padding=radius)
     border = torch.zeros_like(inside).masked_fill_(inside == 0, float("-inf"))  # Ω_u ends at the image border
-    weights = torch.softmax(torch.add(border, windows, alpha=smoothing), dim=1)
-    smooth_max = (weights * windows if weights.requires_grad else weights.mul_(windows)).sum(dim=1)
-    return smooth_max.reshape(mask.shape[0], 1, height, width)
+    # the (B, (2r+1)², H·W) windows, in chunks of about WINDOW_CHUNK values (2 images at 256²): at batch 8 one chunk
+    # is 13 MB of fresh memory per tensor, whose page faults cost more than the arithmetic; the products with the
+    # kernel and, without autograd, with the softmax weights run in place. A traced graph (export) takes the batch
+    # as one chunk: tracing would fix the number of chunks, hence the batch size
+    chunks = [mask] if torch.jit.is_tracing() else mask.split(max(1, WINDOW_CHUNK // inside.numel()))
+    parts = []
+    for part in chunks:
+        windows = F.unfold(part, kernel_size=size, padding=radius).mul_(kernel)
+        weights = torch.softmax(torch.add(border, windows, alpha=smoothing), dim=1)
+        parts.append((weights * windows if weights.requires_grad else weights.mul_(windows)).sum(dim=1))
+    return torch.cat(parts).reshape(mask.shape[0], 1, height, width)
 
 
 def map_into_compact(
