@@ -230,7 +230,7 @@ class RandIrregularHoleMaskd(Randomizable, MapTransform):
 
 
 WINDOW_CHUNK = 2**20
-"""Values of the smooth maximum's window tensor computed at once (images per chunk: this ÷ (2r+1)²·H·W)."""
+"""Values of the smooth maximum's window tensor computed at once on the CPU (images per chunk: this ÷ (2r+1)²·H·W)."""
 
 
 def gaussian_rbf_smooth_max(mask: torch.Tensor, sigma: float, smoothing: float = 30.0) -> torch.Tensor:
@@ -263,11 +263,13 @@ def gaussian_rbf_smooth_max(mask: torch.Tensor, sigma: float, smoothing: float =
     size = 2 * radius + 1
     inside = F.unfold(torch.ones_like(mask[:1]), kernel_size=size, padding=radius)
     border = torch.zeros_like(inside).masked_fill_(inside == 0, float("-inf"))  # Ω_u ends at the image border
-    # the (B, (2r+1)², H·W) windows, in chunks of about WINDOW_CHUNK values (2 images at 256²): at batch 8 one chunk
-    # is 13 MB of fresh memory per tensor, whose page faults cost more than the arithmetic; the products with the
-    # kernel and, without autograd, with the softmax weights run in place. A traced graph (export) takes the batch
-    # as one chunk: tracing would fix the number of chunks, hence the batch size
-    chunks = [mask] if torch.jit.is_tracing() else mask.split(max(1, WINDOW_CHUNK // inside.numel()))
+    # the (B, (2r+1)², H·W) windows; on the CPU in chunks of about WINDOW_CHUNK values (2 images at 256²): at batch
+    # 8 one chunk is 13 MB of fresh memory per tensor, whose page faults cost more than the arithmetic (a GPU's
+    # caching allocator reuses its memory). The products with the kernel and, without autograd, with the softmax
+    # weights run in place. A traced graph (export) takes the batch as one chunk: tracing would fix the number of
+    # chunks, hence the batch size
+    in_chunks = mask.device.type == "cpu" and not torch.jit.is_tracing()
+    chunks = mask.split(max(1, WINDOW_CHUNK // inside.numel())) if in_chunks else [mask]
     parts = []
     for part in chunks:
         windows = F.unfold(part, kernel_size=size, padding=radius).mul_(kernel)
