@@ -52,6 +52,36 @@ def test_prediction_independent_of_hole_content():
         torch.testing.assert_close(net(image, valid), net(other, valid))
 
 
+@pytest.mark.parametrize(
+    "hole, reaches_bottom", [((2, 30, 3, 29), True), ((0, 32, 0, 24), True), ((6, 26, 6, 26), False), ((10, 12, 10, 12), False)]
+)
+def test_decoder_masks_are_the_upsampled_and_skip_masks(hole, reaches_bottom):
+    """Liu et al.'s U-Net: each decoder partial convolution sees, per input channel, the nearest-upsampled mask of
+    the level below for the upsampled features and the skip's mask for the skip features (a hole that survives to
+    the bottom makes the upsampled part differ from all ones)."""
+    net = PartialConvUNet(**TINY).eval()
+    image, valid = torch.rand(2, 1, 32, 32), torch.ones(2, 1, 32, 32)
+    top, bottom, left, right = hole
+    valid[0, :, top:bottom, left:right] = 0
+    masks = {}  # block -> (mask in, mask out)
+    for block in [*net.encoder, *net.decoder]:
+        block.register_forward_hook(lambda module, args, out: masks.__setitem__(module, (args[1], out[1])))
+    with torch.no_grad():
+        net(image, valid)
+    depths = [1, *TINY["channels"]]
+    skips = [valid] + [masks[block][1] for block in net.encoder[:-1]]  # the mask of each skip, finest first
+    below = masks[net.encoder[-1]][1]
+    assert bool((below[0] == 0).any()) == reaches_bottom
+    for level, block in zip(range(len(depths) - 1, 0, -1), net.decoder):
+        mask_in, mask_out = masks[block]
+        n_up, n_skip = depths[level], depths[level - 1]
+        upsampled = torch.nn.functional.interpolate(below[:, :1], scale_factor=2.0, mode="nearest")
+        skip = skips[level - 1][:, :1]
+        expected = torch.cat([upsampled.expand(-1, n_up, -1, -1), skip.expand(-1, n_skip, -1, -1)], dim=1)
+        assert torch.equal(mask_in, expected)
+        below = mask_out
+
+
 def test_composite_keeps_valid_pixels():
     image, valid = masked(2, 16, 16)
     prediction = torch.zeros_like(image)

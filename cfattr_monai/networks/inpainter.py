@@ -171,7 +171,9 @@ class PartialConvUNet(nn.Module):
         for block in self.decoder:
             skip_x, skip_mask = skips.pop()
             x = torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skip_x], dim=1)
-            up_mask = F.interpolate(mask, scale_factor=2.0, mode="nearest")
+            # every mask is one channel broadcast over the features (an encoder block's, or a decoder block's
+            # expanded): upsample that channel only, not a copy per feature channel
+            up_mask = F.interpolate(mask[:, :1], scale_factor=2.0, mode="nearest")
             mask = torch.cat(
                 [up_mask.expand(-1, x.shape[1] - skip_x.shape[1], -1, -1), skip_mask.expand(-1, skip_x.shape[1], -1, -1)],
                 dim=1,
