@@ -121,6 +121,12 @@ def test_empty_map_stays_empty():
     assert float(map_into_compact(torch.zeros(1, 1, 64, 64)).max()) == 0.0
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_empty_batch_gives_an_empty_batch(grad):
+    mask = torch.zeros(0, 1, 64, 64, requires_grad=grad)
+    assert map_into_compact(mask).shape == (0, 1, 64, 64)
+
+
 @pytest.mark.parametrize(
     "shape, kwargs, message",
     [

@@ -261,7 +261,7 @@ def gaussian_rbf_smooth_max(mask: torch.Tensor, sigma: float, smoothing: float =
     kernel = torch.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * sigma**2)).reshape(1, -1, 1)
     height, width = mask.shape[-2:]
     size = 2 * radius + 1
-    inside = F.unfold(torch.ones_like(mask[:1]), kernel_size=size, padding=radius)
+    inside = F.unfold(mask.new_ones(1, 1, height, width), kernel_size=size, padding=radius)
     border = torch.zeros_like(inside).masked_fill_(inside == 0, float("-inf"))  # Ω_u ends at the image border
     # the (B, (2r+1)², H·W) windows; on the CPU in chunks of about WINDOW_CHUNK values (2 images at 256²): at batch
     # 8 one chunk is 13 MB of fresh memory per tensor, whose page faults cost more than the arithmetic (a GPU's
