@@ -164,6 +164,21 @@ def test_the_map_without_autograd_equals_the_map_with_it(backbone):
         torch.testing.assert_close(net(image), with_grad.detach())
 
 
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_map_and_logits_is_the_map_and_the_classifiers_logits(backbone, grad):
+    """One encoder pass gives the map of ``forward`` and the classifier's own logits (bit for bit; the gates, in
+    place without autograd, must not touch the feature the logits come from); ``logits=False`` gives None."""
+    torch.manual_seed(0)
+    classifier = BACKBONES[backbone]().eval()
+    net = AttentionGatedUNet(classifier, compact=SmoothMaxCompact()).eval()
+    image = torch.rand(2, 1, 64, 64, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        soft_map, logits = net.map_and_logits(image)
+        assert torch.equal(soft_map, net(image)) and torch.equal(logits, classifier(image))
+        assert net.map_and_logits(image, logits=False)[1] is None
+
+
 POINTWISE_CASES = {  # name: (in, out, input shape, channels-last, autograd, runs F.conv2d)
     "matrix product, batch 3": (8, 2, (3, 8, 5, 4), False, False, False),
     "matrix product, batch 1, one output": (6, 1, (1, 6, 7, 9), False, False, False),

@@ -4,7 +4,7 @@ from monai.networks.nets import DenseNet121, EfficientNetBN, UNet, resnet18
 from torch import nn
 
 from cfattr_monai.networks import encoders
-from cfattr_monai.networks.encoders import ClassifierEncoder, register_encoder, supported_backbones
+from cfattr_monai.networks.encoders import ClassifierEncoder, classifier_head, register_encoder, supported_backbones
 from cfattr_monai.networks.mobilenet import MobileNetV1
 
 
@@ -24,40 +24,24 @@ def _resnet():
     return resnet18(spatial_dims=2, n_input_channels=1, num_classes=1, conv1_t_stride=2)
 
 
-def _mobilenet_head(net, f):
-    return net.class_layers(f)
-
-
-def _densenet_head(net, f):
-    return net.class_layers.out(net.class_layers.flatten(net.class_layers.pool(f)))
-
-
-def _efficientnet_head(net, f):
-    return net._fc(net._avg_pooling(f).flatten(1))
-
-
-def _resnet_head(net, f):
-    return net.fc(net.avgpool(f).flatten(1))
-
-
-# (factory, expected channels, expected strides, classification head applied to the coarsest feature)
+# (factory, expected channels, expected strides)
 BACKBONES = {
-    "mobilenet_v1": (_mobilenet, (32, 64, 128, 256), (4, 8, 16, 32), _mobilenet_head),
-    "densenet121": (_densenet, (256, 512, 1024, 1024), (4, 8, 16, 32), _densenet_head),
-    "efficientnet_b0": (_efficientnet, (144, 240, 672, 1280), (4, 8, 16, 32), _efficientnet_head),
-    "resnet18": (_resnet, (64, 128, 256, 512), (4, 8, 16, 32), _resnet_head),
+    "mobilenet_v1": (_mobilenet, (32, 64, 128, 256), (4, 8, 16, 32)),
+    "densenet121": (_densenet, (256, 512, 1024, 1024), (4, 8, 16, 32)),
+    "efficientnet_b0": (_efficientnet, (144, 240, 672, 1280), (4, 8, 16, 32)),
+    "resnet18": (_resnet, (64, 128, 256, 512), (4, 8, 16, 32)),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(BACKBONES))
 def backbone(request):
-    factory, channels, strides, head = BACKBONES[request.param]
+    factory, channels, strides = BACKBONES[request.param]
     torch.manual_seed(0)
-    return factory(), channels, strides, head
+    return factory(), channels, strides
 
 
 def test_channels_strides_and_shapes(backbone):
-    net, channels, strides, _ = backbone
+    net, channels, strides = backbone
     encoder = ClassifierEncoder(net)
     assert encoder.channels == channels
     assert encoder.strides == strides
@@ -68,12 +52,13 @@ def test_channels_strides_and_shapes(backbone):
 
 
 def test_coarsest_feature_reproduces_the_classifier(backbone):
-    """The trunks replay the classifier's own forward pass: its head on the last feature gives its output."""
-    net, _, _, head = backbone
+    """The trunks replay the classifier's own forward pass: its registered head on the last feature gives its
+    output, bit for bit (what lets the attribution network report p(c|I) without a second classifier pass)."""
+    net, *_ = backbone
     net.eval()
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(head(net, ClassifierEncoder(net)(x)[-1]), net(x), rtol=1e-4, atol=1e-5)
+        assert torch.equal(classifier_head(net)(net, ClassifierEncoder(net)(x)[-1]), net(x))
 
 
 def test_frozen_eval_gradient_reaches_input(backbone):
@@ -112,10 +97,23 @@ def test_unsupported_network(network):
     assert all(name in str(error.value) for name in supported_backbones())
 
 
-@pytest.mark.parametrize("cls,fn", [(int, lambda net: []), (nn.Linear, "not callable")])
-def test_register_encoder_bad_arguments(cls, fn):
+@pytest.mark.parametrize(
+    "cls, fn, head",
+    [(int, lambda net: [], None), (nn.Linear, "not callable", None), (nn.Linear, lambda net: [], "not callable")],
+)
+def test_register_encoder_bad_arguments(cls, fn, head):
     with pytest.raises(TypeError, match="register_encoder"):
-        register_encoder(cls, fn)
+        register_encoder(cls, fn, head)
+
+
+def test_no_head_for_an_unknown_class_or_a_registration_without_one(monkeypatch):
+    class Plain(nn.Sequential):
+        pass
+
+    monkeypatch.setattr(encoders, "_REGISTRY", dict(encoders._REGISTRY))  # keep the registration local
+    assert classifier_head(Plain()) is None
+    register_encoder(Plain, lambda net: [([layer], nn.Identity()) for layer in net])
+    assert classifier_head(Plain()) is None
 
 
 def test_stage_function_must_return_four_stages(monkeypatch):

@@ -18,6 +18,7 @@ from cfattr_monai.explain.counterfactual import (
 from cfattr_monai.handlers.flip_rate import CounterfactualFlipRate
 from cfattr_monai.metrics.counterfactual import acceptance_summary
 from cfattr_monai.networks.attribution import AttentionGatedUNet
+from cfattr_monai.networks.classifier_output import pathology_probability
 from cfattr_monai.networks.mobilenet import MobileNetV1
 from cfattr_monai.transforms.marginalize import get_marginalizer
 
@@ -72,6 +73,24 @@ def test_with_attention_gated_unet_and_mean_marginalizer():
     with torch.no_grad():
         out = explainer(torch.rand(2, 1, 64, 64))
     assert out["map"].shape == (2, 1, 64, 64) and 0 <= float(out["map"].min()) <= float(out["map"].max()) <= 1
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["attributor on this classifier", "another classifier"])
+def test_p_comes_from_the_attributors_encoder_pass_when_it_shares_the_classifier(shared):
+    """p(c|I) from the attributor's own encoder pass (its classifier's head on the last feature map): the classifier
+    then runs once per forward (on π(M̂)), and p is the classifier's own, bit for bit."""
+    torch.manual_seed(0)
+    classifier = MobileNetV1(width_mult=0.25).eval()
+    attributor = AttentionGatedUNet(classifier if shared else MobileNetV1(width_mult=0.25)).eval()
+    explainer = CounterfactualExplainer(attributor, classifier, get_marginalizer("mean"))
+    calls = []
+    classifier.register_forward_hook(lambda *_: calls.append(1))
+    images = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        out = explainer(images)
+        assert len(calls) == (1 if shared else 2)
+        assert torch.equal(out["p"], pathology_probability(classifier(images)))
+        assert torch.equal(out["map"], attributor(images))
 
 
 @pytest.mark.parametrize("threshold", [0.0, 1.0, -0.5])

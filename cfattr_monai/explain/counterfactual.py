@@ -72,17 +72,30 @@ class CounterfactualExplainer(nn.Module):
     def attribute(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(soft_map, binary_map)`` of ``images``, both ``(B, 1, H, W)``, from one attributor forward pass."""
         soft_map = self.attributor(images)
-        return soft_map, (soft_map > self.threshold).to(soft_map.dtype)
+        return soft_map, self.binary_map(soft_map)
+
+    def binary_map(self, soft_map: torch.Tensor) -> torch.Tensor:
+        """M̂: the soft map thresholded at ``threshold``, in its dtype."""
+        return (soft_map > self.threshold).to(soft_map.dtype)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``map`` (soft), ``mask`` (binary M̂), ``counterfactual`` π(M̂), ``p`` = p(c|I), ``p_counterfactual``."""
-        soft_map, mask = self.attribute(images)
+        """``map`` (soft), ``mask`` (binary M̂), ``counterfactual`` π(M̂), ``p`` = p(c|I), ``p_counterfactual``.
+
+        An attributor built on this explainer's classifier with a ``map_and_logits`` method (``AttentionGatedUNet``)
+        gives p(c|I) from its own encoder pass; any other attributor costs one more classifier pass for it.
+        """
+        shares_encoder = getattr(self.attributor, "classifier", None) is self.classifier
+        if shares_encoder and hasattr(self.attributor, "map_and_logits"):
+            soft_map, logits = self.attributor.map_and_logits(images)
+        else:
+            soft_map, logits = self.attributor(images), None
+        mask = self.binary_map(soft_map)
         counterfactual = self.marginalizer(images, mask)
         return {
             "map": soft_map,
             "mask": mask,
             "counterfactual": counterfactual,
-            "p": pathology_probability(self.classifier(images)),
+            "p": pathology_probability(self.classifier(images) if logits is None else logits),
             "p_counterfactual": pathology_probability(self.classifier(counterfactual)),
         }
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cfattr_monai.networks.encoders import ClassifierEncoder
+from cfattr_monai.networks.encoders import ClassifierEncoder, classifier_head
 
 __all__ = ["PointwiseConv2d", "FeatureFilter", "UpsamplingBlock", "AttentionGatedUNet", "soft_attribution_map"]
 
@@ -214,10 +214,22 @@ class AttentionGatedUNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Soft attribution map ``(B, 1, H, W)`` in [0, 1] of ``image`` ``(B, C, H, W)``."""
+        return self.map_and_logits(image, logits=False)[0]
+
+    def map_and_logits(self, image: torch.Tensor, logits: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The soft map and, from the same encoder pass, the classifier's logits for ``image``.
+
+        The encoder runs the classifier up to its last feature map; the classifier's own head
+        (:func:`~cfattr_monai.networks.encoders.classifier_head`) turns that into the logits the classifier gives,
+        so p(c|I) costs no second classifier pass. The logits are None when ``logits`` is False or no head is
+        registered for the classifier's class.
+        """
         if image.ndim != 4:
             raise ValueError(f"AttentionGatedUNet: expected an image batch (B, C, H, W), got {tuple(image.shape)}.")
+        head = classifier_head(self.classifier) if logits else None
         with torch.set_grad_enabled(torch.is_grad_enabled() and image.requires_grad):
             features = self.encoder(image)  # frozen: back-propagate through it only towards an input needing grads
+            scores = None if head is None else head(self.classifier, features[3])  # before the gates change it
         # without autograd the encoder's features are not needed after gating: gate them in place
         inplace = not torch.is_grad_enabled()
         gated = [gate(x, inplace) for gate, x in zip(self.filters, features)]
@@ -231,4 +243,4 @@ class AttentionGatedUNet(nn.Module):
         soft_map = soft_attribution_map(c1, c2, self.eps)[:, None]
         soft_map = F.interpolate(soft_map, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="nearest")
         soft_map = F.interpolate(soft_map, size=image.shape[-2:], mode="nearest")
-        return soft_map if self.compact is None else self.compact(soft_map)
+        return (soft_map if self.compact is None else self.compact(soft_map)), scores

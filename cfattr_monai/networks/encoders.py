@@ -28,24 +28,32 @@ from torch import nn
 
 from cfattr_monai.networks.mobilenet import MobileNetV1
 
-__all__ = ["ClassifierEncoder", "Stage", "StageFn", "register_encoder", "supported_backbones"]
+__all__ = [
+    "ClassifierEncoder", "HeadFn", "Stage", "StageFn", "classifier_head", "register_encoder", "supported_backbones"
+]
 
 #: One resolution scale: ``trunk`` carries the running tensor on to this scale, ``tap`` reads the feature map off
 #: the trunk's output without feeding the result forward (``nn.Identity()`` when the trunk already ends on it).
 Stage = tuple[Sequence[nn.Module], nn.Module]
 #: Splits a classifier into the stages of its last four scales, finest first (earlier layers go into the first trunk).
 StageFn = Callable[[nn.Module], Sequence[Stage]]
+#: The rest of a classifier's forward pass: ``head(classifier, last_feature_map) -> logits``, with its own layers.
+HeadFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
-_REGISTRY: dict[type[nn.Module], StageFn] = {}
+_REGISTRY: dict[type[nn.Module], tuple[StageFn, HeadFn | None]] = {}
 
 
-def register_encoder(cls: type[nn.Module], fn: StageFn) -> None:
+def register_encoder(cls: type[nn.Module], fn: StageFn, head: HeadFn | None = None) -> None:
     """Teach :class:`ClassifierEncoder` to read the last four scales of ``cls`` (and its subclasses).
 
     Args:
         cls: the classifier class.
         fn: ``fn(classifier) -> [(trunk_modules, tap_module), ...]``, four stages, finest first; running the trunks
             one after the other must reproduce the classifier's forward pass up to the last feature map.
+        head: ``head(classifier, last_feature_map) -> logits``, the classifier's forward pass from the last feature
+            map on, so that an attribution network gets p(c|I) from its own encoder pass
+            (:meth:`~cfattr_monai.networks.attribution.AttentionGatedUNet.map_and_logits`); None: the explainer runs
+            the classifier once more for it.
 
     Example:
         >>> class Tiny(nn.Sequential):
@@ -55,9 +63,23 @@ def register_encoder(cls: type[nn.Module], fn: StageFn) -> None:
         >>> ClassifierEncoder(Tiny(*convs)).strides
         (2, 4, 8, 16)
     """
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)) or not callable(fn):
-        raise TypeError(f"register_encoder expects (an nn.Module subclass, a callable), got ({cls!r}, {fn!r}).")
-    _REGISTRY[cls] = fn
+    is_module_class = isinstance(cls, type) and issubclass(cls, nn.Module)
+    if not is_module_class or not callable(fn) or not (head is None or callable(head)):
+        raise TypeError(
+            f"register_encoder expects (an nn.Module subclass, a callable, a callable or None), got ({cls!r}, {fn!r}, "
+            f"{head!r})."
+        )
+    _REGISTRY[cls] = (fn, head)
+
+
+def _registered(classifier: nn.Module) -> tuple[StageFn, HeadFn | None] | None:
+    return next((entry for cls, entry in _REGISTRY.items() if isinstance(classifier, cls)), None)
+
+
+def classifier_head(classifier: nn.Module) -> HeadFn | None:
+    """The registered :data:`HeadFn` of ``classifier``'s class, or None (none registered, or an unknown class)."""
+    entry = _registered(classifier)
+    return None if entry is None else entry[1]
 
 
 def supported_backbones() -> tuple[str, ...]:
@@ -93,14 +115,14 @@ class ClassifierEncoder(nn.Module):
 
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
-        stage_fn = next((fn for cls, fn in _REGISTRY.items() if isinstance(classifier, cls)), None)
-        if stage_fn is None:
+        entry = _registered(classifier)
+        if entry is None:
             raise TypeError(
                 f"ClassifierEncoder: no feature stages known for {type(classifier).__qualname__}; supported are "
                 f"{', '.join(supported_backbones())} and their subclasses. Add another with "
                 "cfattr_monai.networks.encoders.register_encoder(YourClass, fn), fn(net) -> four (trunk, tap) stages."
             )
-        stages = list(stage_fn(classifier))
+        stages = list(entry[0](classifier))
         if len(stages) != 4:
             raise ValueError(
                 f"ClassifierEncoder: the stage function for {type(classifier).__qualname__} returned "
@@ -202,7 +224,30 @@ def efficientnet_stages(net: EfficientNet) -> list[Stage]:
     return stages
 
 
-register_encoder(MobileNetV1, mobilenet_v1_stages)
-register_encoder(DenseNet, densenet_stages)
-register_encoder(ResNet, resnet_stages)
-register_encoder(EfficientNet, efficientnet_stages)
+def mobilenet_v1_head(net: MobileNetV1, x: torch.Tensor) -> torch.Tensor:
+    """:class:`MobileNetV1` from its last feature map: ``class_layers``."""
+    return net.class_layers(x)
+
+
+def densenet_head(net: DenseNet, x: torch.Tensor) -> torch.Tensor:
+    """MONAI's DenseNets from ``relu(norm5)`` (the last stage ends on ``class_layers.relu``): pooling, linear."""
+    layers = net.class_layers
+    return layers.out(layers.flatten(layers.pool(x)))
+
+
+def resnet_head(net: ResNet, x: torch.Tensor) -> torch.Tensor:
+    """MONAI's ResNets from ``layer4``, as their ``forward``: pooling, flattening, ``fc`` when there is one."""
+    x = net.avgpool(x)
+    x = x.view(x.size(0), -1)
+    return x if net.fc is None else net.fc(x)
+
+
+def efficientnet_head(net: EfficientNet, x: torch.Tensor) -> torch.Tensor:
+    """MONAI's EfficientNets from the head's Swish, as their ``forward``: pooling, dropout, ``_fc``."""
+    return net._fc(net._dropout(net._avg_pooling(x).flatten(start_dim=1)))
+
+
+register_encoder(MobileNetV1, mobilenet_v1_stages, mobilenet_v1_head)
+register_encoder(DenseNet, densenet_stages, densenet_head)
+register_encoder(ResNet, resnet_stages, resnet_head)
+register_encoder(EfficientNet, efficientnet_stages, efficientnet_head)
