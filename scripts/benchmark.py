@@ -6,7 +6,8 @@ the median of ``--repeats`` calls in each of ``--passes`` passes over all method
 
 ===========================  ===================================================================================
 ``ours``                     the attribution network's map (one forward pass under ``torch.inference_mode``)
-``ours_with_counterfactual`` map + counterfactual π(M̂) by the inpainter + p(c|I) and p(c|π(M̂))
+``ours_with_counterfactual`` map + counterfactual π(M̂) by the inpainter + p(c|π(M̂)); p(c|I) from the map's
+                             encoder pass (the classifier's head on its last feature map)
 ``gradcam``                  MONAI ``GradCAM`` on the classifier's coarsest activation, batched, on the frozen
                              classifier (the gradient reaches the target layer through the input), as the
                              evaluation bundle runs it
