@@ -244,6 +244,8 @@ def run(args: argparse.Namespace) -> dict:
     # VanillaGrad stay eager
     fast_classifier = torch.compile(classifier) if args.compile else classifier
     fast_attributor = torch.compile(attributor) if args.compile else attributor
+    # compiled, the explainer's classifier is not the attributor's own (a wrapper of it), so it scores the image with
+    # a second classifier pass instead of the attributor's encoder pass: ours_with_counterfactual differs in that
     explainer = CounterfactualExplainer(fast_attributor, fast_classifier, marginalizer).eval()
     # copies with the same weights: MONAI's GradCAM keeps its hooks on its network (and sets the target ReLU out of
     # place), which no other method should carry
