@@ -177,6 +177,8 @@ def test_map_and_logits_is_the_map_and_the_classifiers_logits(backbone, grad):
         soft_map, logits = net.map_and_logits(image)
         assert torch.equal(soft_map, net(image)) and torch.equal(logits, classifier(image))
         assert net.map_and_logits(image, logits=False)[1] is None
+        pair = net(image, logits=True)  # what the training loss gets from the trainer's inferer
+        assert isinstance(pair, tuple) and torch.equal(pair[0], soft_map) and torch.equal(pair[1], logits)
 
 
 POINTWISE_CASES = {  # name: (in, out, input shape, channels-last, autograd, runs F.conv2d)

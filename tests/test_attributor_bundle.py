@@ -74,6 +74,22 @@ def test_task_overlays_parse(overlay):
             assert (BUNDLE.parent / bundle / other).is_file(), (bundle, other)
 
 
+def test_the_trainer_gives_the_loss_the_logits_of_the_maps_encoder_pass(workspace, tmp_path):
+    """train#inferer returns (map, logits): the same loss as the map alone, without a classifier pass over the image."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.update(_overrides(workspace, tmp_path))
+    network, loss, inferer = (parser.get_parsed_content(k) for k in ("network", "loss", "train#inferer"))
+    image = torch.rand(2, 1, SIZE, SIZE)
+    target = torch.cat([image, torch.ones_like(image)], 1)
+    calls = []
+    network.classifier.register_forward_hook(lambda module, args, output: calls.append(args[0]))
+    with torch.no_grad():
+        from_pair, after_pair = loss(inferer(image, network), target), len(calls)
+        assert torch.equal(from_pair, loss(network(image), target))
+    assert after_pair == 1 and len(calls) == 3  # π(M) only; the map alone also scores the image
+
+
 @pytest.mark.slow
 def test_train_then_inference_end_to_end(workspace, tmp_path, capsys):
     # a copy of the bundle's configs, so that models/, runs/ and eval/ land in tmp_path

@@ -189,6 +189,29 @@ def test_iterative_counterfactual_stops_at_the_budget():
     assert not any(run["converged"] for run in method.last_runs)
 
 
+class ImageScoring(CounterfactualLoss):
+    """The loss scoring the image itself in every step, as before the iterative method passed p(c|I)'s logits."""
+
+    def terms(self, mask, target, image_logits=None):
+        return super().terms(mask, target)
+
+
+def test_iterative_counterfactual_scores_each_image_once():
+    """p(c|I) is constant while M is optimized: one classifier pass over each image, the same maps and runs."""
+    images, classifier = torch.cat([blob_image(), 0.5 * blob_image()]), BlobDetector()
+    calls = []
+    classifier.register_forward_hook(lambda module, args, output: calls.append(args[0]))
+    runs = {}
+    for name, loss_class in (("once", CounterfactualLoss), ("every step", ImageScoring)):
+        method = IterativeCounterfactual(loss_class(classifier, mean_fill, delta=0.1, what_if_block=None), max_iterations=20)
+        calls.clear()
+        runs[name] = method(images), method.last_runs
+        image_passes = sum(len(x) == 1 and any(torch.equal(x, image[None]) for image in images) for x in calls)
+        steps = sum(run["iterations"] for run in method.last_runs)
+        assert image_passes == 2 if name == "once" else image_passes > steps  # and each flip check scores it too
+    assert torch.equal(runs["once"][0], runs["every step"][0]) and runs["once"][1] == runs["every step"][1]
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -178,6 +178,54 @@ def test_bad_arguments(kwargs, mask_shape, target_shape, message):
         CounterfactualLoss(MeanIntensityClassifier(), darken, what_if_block=None, **kwargs)(torch.rand(mask_shape), torch.rand(target_shape))
 
 
+class CountingClassifier(MeanIntensityClassifier):
+    """The mean-intensity classifier, counting its calls."""
+
+    calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("outputs", [1, 2])
+@pytest.mark.parametrize("organ", [False, True])
+def test_image_logits_given_with_the_map_replace_the_classifier_pass_over_the_image(outputs, organ):
+    """(M, logits) as the attributor's trainer passes them: the same loss and gradient, one classifier call fewer."""
+    torch.manual_seed(0)
+    image = torch.rand(3, 1, 16, 16) * 0.4 + 0.4
+    target = torch.cat([image, (torch.rand_like(image) > 0.2).float()], 1) if organ else image
+    classifier = CountingClassifier()
+    with torch.no_grad():
+        logits = classifier(image)
+    logits = torch.cat([torch.zeros_like(logits), logits], 1) if outputs == 2 else logits
+    loss = CounterfactualLoss(classifier, darken, delta=0.1, what_if_block=None, delta_of="organ" if organ else "image")
+    values, grads, calls = [], [], []
+    for prediction in ("map", "pair", "pair without logits"):
+        mask = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        classifier.calls = 0
+        value = loss({"map": mask, "pair": (mask, logits), "pair without logits": (mask, None)}[prediction], target)
+        value.backward()
+        values.append(value.detach()), grads.append(mask.grad), calls.append(classifier.calls)
+    assert torch.equal(values[0], values[1]) and torch.equal(values[0], values[2])
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
+    assert calls == [2, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "prediction, message",
+    [
+        (lambda m: (m, torch.zeros(2, 1), torch.zeros(2, 1)), "expected the map or the pair \\(map, image logits\\), got 3"),
+        (lambda m: (m,), "expected the map or the pair \\(map, image logits\\), got 1"),
+        (lambda m: (m, torch.zeros(3, 1)), "the image logits must be the classifier's output for the map's 2 images"),
+    ],
+)
+def test_bad_map_and_logits_pairs(prediction, message):
+    loss = CounterfactualLoss(MeanIntensityClassifier(), darken, delta=0.1, what_if_block=None)
+    with pytest.raises(ValueError, match=f"CounterfactualLoss: {message}"):
+        loss(prediction(torch.rand(2, 1, 8, 8)), torch.rand(2, 1, 8, 8))
+
+
 class DarkMarginalizer(Marginalizer):
     """Fill = 0 (black) in the hole."""
 

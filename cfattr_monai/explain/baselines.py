@@ -240,7 +240,9 @@ class IterativeCounterfactual:
     unknowns), ``M = S(up(σ(θ)))`` with bilinear upsampling ``up`` and the smooth-max mapping S into compact masks
     (:func:`~cfattr_monai.transforms.masks.map_into_compact`, as the attributor uses it). Adam minimizes
     ``loss(M, target)`` — the attributor's :class:`~cfattr_monai.losses.attribution.CounterfactualLoss`, which holds
-    the frozen classifier, the marginalizer π and the area constraint d(M) ≤ δ.
+    the frozen classifier, the marginalizer π and the area constraint d(M) ≤ δ. p(c|I) does not change while M is
+    optimized: the classifier scores I once per image and the loss gets its logits with M, as the attributor's
+    trainer gives them (each step then runs π and the classifier on π(M) only).
 
     Start: π fills only its hard hole ``M > 0.55`` (outside it ``F = I``, so π(M) = I whatever M is there), hence the
     classifier's gradient reaches M only inside the hole: the optimization must start from a hole, and one of
@@ -330,21 +332,25 @@ class IterativeCounterfactual:
             )
         return candidates[int(scores.argmin())][None].clone()
 
-    def _counterfactual_done(self, mask: torch.Tensor, target: torch.Tensor) -> tuple[bool, float]:
+    def _counterfactual_done(
+        self, mask: torch.Tensor, target: torch.Tensor, image_logits: torch.Tensor
+    ) -> tuple[bool, float]:
         """Whether π(M) is classified healthy (or I was not flagged), and p(c|π(M))."""
         with torch.no_grad():
-            terms = self.loss.terms(mask, target)
+            terms = self.loss.terms(mask, target, image_logits)
         p = float(terms["p_counterfactual"][0])
         return bool(terms["flagged"][0] == 0) or p <= self.loss.threshold, p
 
     def explain_one(self, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float | int | bool]]:
         """Optimize the mask of one image; ``target`` is (1, C, H, W) as the loss expects it (image [+ organ])."""
         size = tuple(target.shape[-2:])
+        with torch.no_grad():  # p(c|I) does not change while M is optimized: the classifier scores I once
+            image_logits = self.loss.classifier(target[:, :1])
         logits = self.starting_logits(target).requires_grad_(True)
         optimizer = torch.optim.Adam([logits], lr=self.learning_rate)
         previous, calm_steps, done, p_counterfactual = math.inf, 0, False, math.nan
         for iteration in range(1, self.max_iterations + 1):
-            value = self.loss(self.mask(logits, size), target)
+            value = self.loss((self.mask(logits, size), image_logits), target)
             optimizer.zero_grad()
             value.backward()
             optimizer.step()
@@ -352,13 +358,15 @@ class IterativeCounterfactual:
             calm_steps = calm_steps + 1 if abs(current - previous) < self.tol * max(abs(previous), 1e-8) else 0
             previous = current
             if calm_steps >= self.patience:
-                done, p_counterfactual = self._counterfactual_done(self.mask(logits.detach(), size), target)
+                done, p_counterfactual = self._counterfactual_done(
+                    self.mask(logits.detach(), size), target, image_logits
+                )
                 if done:
                     break
                 calm_steps = 0
         final = self.mask(logits.detach(), size)
         if not done:
-            p_counterfactual = self._counterfactual_done(final, target)[1]
+            p_counterfactual = self._counterfactual_done(final, target, image_logits)[1]
         return final, {"iterations": iteration, "converged": done, "p_counterfactual": p_counterfactual}
 
     def __call__(self, targets: torch.Tensor) -> torch.Tensor:

@@ -203,7 +203,10 @@ class CounterfactualLoss(nn.Module):
     ``(B, 1, H, W)``, or I stacked with the organ mask O ``(B, 2, H, W)`` (needed when δ is a fraction of the organ
     area, ``delta_of="organ"``). With O, π replaces tissue only: it sees ``M ⊙ O``, so the part of the map outside
     the organ changes nothing and only costs area (module doc). It computes π(M) with ``marginalizer`` and p(c|·)
-    with ``classifier``, neither trained.
+    with ``classifier``, neither trained. ``mask`` may also be the pair ``(M, logits)`` with the classifier's
+    output for I, e.g. ``AttentionGatedUNet(image, logits=True)`` (the map and the logits of its encoder pass, as
+    the attributor's trainer passes them): p(c|I) is then not computed a second time. None for the logits (no
+    classifier head registered) scores I with ``classifier``.
 
     Args:
         classifier: frozen binary classifier (output ``(B, 1)`` or ``(B, 2)``).
@@ -291,8 +294,14 @@ class CounterfactualLoss(nn.Module):
             return mask
         return torch.sigmoid((mask - self.marginalizer.threshold - self.blend_margin) / self.blend_temperature)
 
-    def terms(self, mask: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-image terms: ``phi``, ``psi``, ``tv``, ``area``, ``delta``, ``flagged``, ``p``, ``p_counterfactual``."""
+    def terms(
+        self, mask: torch.Tensor, target: torch.Tensor, image_logits: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Per-image terms: ``phi``, ``psi``, ``tv``, ``area``, ``delta``, ``flagged``, ``p``, ``p_counterfactual``.
+
+        ``image_logits``: the frozen classifier's output for the image (``target[:, :1]``) when the caller has it;
+        None computes it.
+        """
         if mask.ndim != 4 or mask.shape[1] != 1:
             raise ValueError(f"CounterfactualLoss: the map must be (B, 1, H, W), got {tuple(mask.shape)}.")
         channels = (2,) if self.delta_of == "organ" else (1, 2)
@@ -304,8 +313,15 @@ class CounterfactualLoss(nn.Module):
                 "mask as a second channel."
             )
         image, organ = target[:, :1], (target[:, 1:] if target.shape[1] == 2 else None)
-        with torch.no_grad():
-            image_logit = pathology_logit(self.classifier(image))
+        if image_logits is None:
+            with torch.no_grad():
+                image_logits = self.classifier(image)
+        elif image_logits.shape[0] != mask.shape[0]:
+            raise ValueError(
+                f"CounterfactualLoss: the image logits must be the classifier's output for the map's {mask.shape[0]} "
+                f"images, got shape {tuple(image_logits.shape)}."
+            )
+        image_logit = pathology_logit(image_logits)
         blend = self.blend(mask)  # what π and d see, computed once per step
         tissue = 1.0 if organ is None else organ  # π replaces tissue only; d still counts the whole map
         counterfactual = self.counterfactual(image, mask * tissue, blend * tissue)
@@ -325,8 +341,17 @@ class CounterfactualLoss(nn.Module):
             "p_counterfactual": torch.sigmoid(counterfactual_logit),
         }
 
-    def forward(self, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        t = self.terms(mask, target)
+    def forward(
+        self, mask: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None], target: torch.Tensor
+    ) -> torch.Tensor:
+        image_logits = None
+        if isinstance(mask, (tuple, list)):
+            if len(mask) != 2:
+                raise ValueError(
+                    f"CounterfactualLoss: expected the map or the pair (map, image logits), got {len(mask)} items."
+                )
+            mask, image_logits = mask
+        t = self.terms(mask, target, image_logits)
         counterfactual = generalized_logistic(t["phi"], **self.phi_logistic) + generalized_logistic(
             t["psi"], **self.psi_logistic
         )

@@ -212,9 +212,13 @@ class AttentionGatedUNet(nn.Module):
         """The parameters of the feature filters, blocks and head (what an optimizer should get)."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Soft attribution map ``(B, 1, H, W)`` in [0, 1] of ``image`` ``(B, C, H, W)``."""
-        return self.map_and_logits(image, logits=False)[0]
+    def forward(
+        self, image: torch.Tensor, logits: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """Soft attribution map ``(B, 1, H, W)`` in [0, 1] of ``image`` ``(B, C, H, W)``; with ``logits`` the pair
+        :meth:`map_and_logits` gives (the training loss takes it, so that it does not score the image again)."""
+        soft_map, scores = self.map_and_logits(image, logits=logits)
+        return (soft_map, scores) if logits else soft_map
 
     def map_and_logits(self, image: torch.Tensor, logits: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The soft map and, from the same encoder pass, the classifier's logits for ``image``.
