@@ -260,7 +260,7 @@ class IterativeCounterfactual:
 
     Args:
         loss: a :class:`~cfattr_monai.losses.attribution.CounterfactualLoss` (``classifier``, ``marginalizer``,
-            ``delta``, ``threshold`` and ``terms`` are used).
+            ``delta``, ``threshold``, ``image_logits`` and ``terms`` are used).
         max_iterations: N, the iteration budget per image.
         learning_rate: Adam's step size on θ.
         tol: relative loss change below which a step counts as "no progress".

@@ -294,13 +294,17 @@ class CounterfactualLoss(nn.Module):
             return mask
         return torch.sigmoid((mask - self.marginalizer.threshold - self.blend_margin) / self.blend_temperature)
 
+    def image_logits(self, target: torch.Tensor) -> torch.Tensor:
+        """The frozen classifier's output for the image ``target[:, :1]``, without autograd (p(c|I)'s logits)."""
+        with torch.no_grad():
+            return self.classifier(target[:, :1])
+
     def terms(
         self, mask: torch.Tensor, target: torch.Tensor, image_logits: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """Per-image terms: ``phi``, ``psi``, ``tv``, ``area``, ``delta``, ``flagged``, ``p``, ``p_counterfactual``.
 
-        ``image_logits``: the frozen classifier's output for the image (``target[:, :1]``) when the caller has it;
-        None computes it.
+        ``image_logits``: :meth:`image_logits` of ``target`` when the caller has it; None computes it.
         """
         if mask.ndim != 4 or mask.shape[1] != 1:
             raise ValueError(f"CounterfactualLoss: the map must be (B, 1, H, W), got {tuple(mask.shape)}.")
@@ -314,8 +318,7 @@ class CounterfactualLoss(nn.Module):
             )
         image, organ = target[:, :1], (target[:, 1:] if target.shape[1] == 2 else None)
         if image_logits is None:
-            with torch.no_grad():
-                image_logits = self.classifier(image)
+            image_logits = self.image_logits(target)
         elif image_logits.shape[0] != mask.shape[0]:
             raise ValueError(
                 f"CounterfactualLoss: the image logits must be the classifier's output for the map's {mask.shape[0]} "
