@@ -56,30 +56,61 @@ def test_prediction_independent_of_hole_content():
     "hole, reaches_bottom", [((2, 30, 3, 29), True), ((0, 32, 0, 24), True), ((6, 26, 6, 26), False), ((10, 12, 10, 12), False)]
 )
 def test_decoder_masks_are_the_upsampled_and_skip_masks(hole, reaches_bottom):
-    """Liu et al.'s U-Net: each decoder partial convolution sees, per input channel, the nearest-upsampled mask of
-    the level below for the upsampled features and the skip's mask for the skip features (a hole that survives to
-    the bottom makes the upsampled part differ from all ones)."""
+    """Liu et al.'s U-Net: each decoder partial convolution sees the nearest-upsampled mask of the level below for
+    the upsampled features and the skip's mask for the skip features, as two parts with one mask channel each (a
+    hole that survives to the bottom makes the upsampled part differ from all ones)."""
     net = PartialConvUNet(**TINY).eval()
     image, valid = torch.rand(2, 1, 32, 32), torch.ones(2, 1, 32, 32)
     top, bottom, left, right = hole
     valid[0, :, top:bottom, left:right] = 0
-    masks = {}  # block -> (mask in, mask out)
+    seen = {}  # block -> (features in, mask in, mask out)
     for block in [*net.encoder, *net.decoder]:
-        block.register_forward_hook(lambda module, args, out: masks.__setitem__(module, (args[1], out[1])))
+        block.register_forward_hook(lambda module, args, out: seen.__setitem__(module, (*args, out[1])))
     with torch.no_grad():
         net(image, valid)
     depths = [1, *TINY["channels"]]
-    skips = [valid] + [masks[block][1] for block in net.encoder[:-1]]  # the mask of each skip, finest first
-    below = masks[net.encoder[-1]][1]
+    skips = [valid] + [seen[block][2] for block in net.encoder[:-1]]  # the mask of each skip, finest first
+    below = seen[net.encoder[-1]][2]
     assert bool((below[0] == 0).any()) == reaches_bottom
     for level, block in zip(range(len(depths) - 1, 0, -1), net.decoder):
-        mask_in, mask_out = masks[block]
-        n_up, n_skip = depths[level], depths[level - 1]
+        parts, masks_in, mask_out = seen[block]
+        assert [part.shape[1] for part in parts] == [depths[level], depths[level - 1]]
         upsampled = torch.nn.functional.interpolate(below[:, :1], scale_factor=2.0, mode="nearest")
-        skip = skips[level - 1][:, :1]
-        expected = torch.cat([upsampled.expand(-1, n_up, -1, -1), skip.expand(-1, n_skip, -1, -1)], dim=1)
-        assert torch.equal(mask_in, expected)
+        assert torch.equal(masks_in[0], upsampled) and torch.equal(masks_in[1], skips[level - 1][:, :1])
         below = mask_out
+
+
+def test_decoder_equals_partial_convolutions_of_the_concatenation_with_a_mask_per_channel():
+    """The decoder's two-part partial convolutions give what Liu et al.'s formulation gives (the concatenated
+    features, one mask channel per feature channel), bit for bit, prediction and gradients."""
+
+    def reference(net: PartialConvUNet, image: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        x, mask = image * valid, valid
+        skips = [(x, mask)]
+        for block in net.encoder:
+            x, mask = block(x, mask)
+            skips.append((x, mask))
+        skips.pop()
+        for block in net.decoder:
+            skip_x, skip_mask = skips.pop()
+            up_x = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+            up_mask = torch.nn.functional.interpolate(mask[:, :1], scale_factor=2.0, mode="nearest")
+            whole = torch.cat([up_mask.expand_as(up_x), skip_mask[:, :1].expand_as(skip_x)], 1).contiguous()
+            x, mask = block(torch.cat([up_x, skip_x], 1), whole)
+        return x
+
+    torch.manual_seed(0)
+    net = PartialConvUNet(**TINY).train()
+    image, valid = masked(2, 32, 32)
+    valid[0, :, 2:30, 3:29] = 0  # a hole that reaches the bottom level: every decoder level sees holes
+    outputs, grads = [], []
+    for forward in (net, lambda i, v: reference(net, i, v)):
+        torch.manual_seed(1)
+        prediction = forward(image, valid)
+        outputs.append(prediction)
+        grads.append(torch.autograd.grad(prediction.square().sum(), list(net.parameters())))
+    assert torch.equal(outputs[0], outputs[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
 def test_composite_keeps_valid_pixels():

@@ -125,3 +125,51 @@ def test_bad_mask_shape_is_a_clear_error(mask_shape, multi):
     pconv = PartialConv2d(3, 4, 3, multi_channel_mask=multi)
     with pytest.raises(ValueError, match="mask must have shape"):
         pconv(torch.rand(2, 3, 9, 9), torch.ones(mask_shape))
+
+
+# part channels, kernel, stride, padding, dilation, bias
+PARTS = [
+    ((2, 1), 3, 1, 1, 1, False),
+    ((3, 4), 3, 1, 1, 1, True),
+    ((1, 2, 3), 5, 2, 2, 1, True),
+    ((4,), 3, 1, 2, 2, False),
+]
+
+
+@pytest.mark.parametrize("channels,k,stride,padding,dilation,bias", PARTS)
+def test_forward_parts_equals_forward_on_the_concatenation(channels, k, stride, padding, dilation, bias):
+    """Parts with one mask each = the concatenated input with each part's mask repeated over its channels, bit for
+    bit, output, updated mask and gradients."""
+    torch.manual_seed(0)
+    pconv = PartialConv2d(sum(channels), 3, k, stride=stride, padding=padding, dilation=dilation, bias=bias,
+                          multi_channel_mask=True)
+    holes = [(2, 9, 3, 7), (0, 16, 0, 16), (5, 6, 5, 6)]  # the second part's mask is all holes
+    masks = [hole_mask(size=16, hole=holes[i % 3]) for i in range(len(channels))]
+    parts = [torch.rand(2, c, 16, 16, requires_grad=True) for c in channels]
+    whole = torch.cat([m.expand(-1, c, -1, -1) for m, c in zip(masks, channels)], 1)
+    out, new_mask = pconv.forward_parts(parts, masks)
+    grads = torch.autograd.grad(out.square().sum(), [*parts, pconv.weight])
+    joined = torch.cat([p.detach() for p in parts], 1).requires_grad_()
+    expected, expected_mask = pconv(joined, whole)
+    expected_grads = torch.autograd.grad(expected.square().sum(), [joined, pconv.weight])
+    assert torch.equal(out, expected) and torch.equal(new_mask, expected_mask)
+    assert torch.equal(torch.cat(grads[:-1], 1), expected_grads[0]) and torch.equal(grads[-1], expected_grads[1])
+
+
+@pytest.mark.parametrize(
+    "multi,part_shapes,mask_shapes,match",
+    [
+        (False, [(2, 2, 8, 8), (2, 1, 8, 8)], [(2, 1, 8, 8)] * 2, "multi_channel_mask=False"),
+        (True, [], [], r"part shapes \[\]"),
+        (True, [(2, 2, 8, 8), (2, 1, 8, 8)], [(2, 1, 8, 8)], "1 mask"),
+        (True, [(2, 2, 8, 8), (2, 2, 8, 8)], [(2, 1, 8, 8)] * 2, "sum\\(C_i\\) = 3"),
+        (True, [(2, 3, 8)], [(2, 1, 8, 8)], r"\[2, 3, 8\]"),
+        (True, [(2, 2, 8, 8), (2, 1, 8, 8)], [(2, 1, 8, 8), (2, 2, 8, 8)], r"matching its part \[2, 1, 8, 8\]"),
+        (True, [(2, 2, 8, 8), (2, 1, 8, 8)], [(2, 1, 8, 8), (2, 1, 8, 9)], r"got \[2, 1, 8, 9\]"),
+        (True, [(2, 2, 8, 8), (2, 1, 8, 8)], [(1, 1, 8, 8), (2, 1, 8, 8)], r"got \[1, 1, 8, 8\]"),
+    ],
+)
+def test_forward_parts_bad_input_is_a_clear_error(multi, part_shapes, mask_shapes, match):
+    pconv = PartialConv2d(3, 4, 3, padding=1, multi_channel_mask=multi)
+    with pytest.raises(ValueError, match=match):
+        pconv.forward_parts([torch.rand(s) for s in part_shapes], [torch.ones(s) for s in mask_shapes])

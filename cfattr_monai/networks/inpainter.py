@@ -46,8 +46,12 @@ class _PartialConvBlock(nn.Module):
         self.norm = nn.BatchNorm2d(conv.out_channels) if norm else nn.Identity()
         self.act = activation if activation is not None else nn.Identity()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, mask = self.conv(x, mask)
+    def forward(
+        self, x: torch.Tensor | list[torch.Tensor], mask: torch.Tensor | list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` and ``mask`` as :meth:`PartialConv2d.forward` takes them, or as lists of parts and their one-channel
+        masks (:meth:`PartialConv2d.forward_parts`)."""
+        x, mask = self.conv(x, mask) if isinstance(x, torch.Tensor) else self.conv.forward_parts(x, mask)
         return self.act(self.norm(x)), mask
 
 
@@ -170,15 +174,12 @@ class PartialConvUNet(nn.Module):
         skips.pop()
         for block in self.decoder:
             skip_x, skip_mask = skips.pop()
-            x = torch.cat([F.interpolate(x, scale_factor=2.0, mode="nearest"), skip_x], dim=1)
             # every mask is one channel broadcast over the features (an encoder block's, or a decoder block's
-            # expanded): upsample that channel only, not a copy per feature channel
+            # expanded): the upsampled features and the skip features go in as two parts with one mask channel
+            # each, so neither the per-channel mask of the concatenation nor a copy per channel is built
+            up_x = F.interpolate(x, scale_factor=2.0, mode="nearest")
             up_mask = F.interpolate(mask[:, :1], scale_factor=2.0, mode="nearest")
-            mask = torch.cat(
-                [up_mask.expand(-1, x.shape[1] - skip_x.shape[1], -1, -1), skip_mask.expand(-1, skip_x.shape[1], -1, -1)],
-                dim=1,
-            )
-            x, mask = block(x, mask)
+            x, mask = block([up_x, skip_x], [up_mask, skip_mask[:, :1]])
         return x[:, :, :height, :width]
 
     def composite(self, image: torch.Tensor, valid_mask: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:

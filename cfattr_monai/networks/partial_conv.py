@@ -28,9 +28,10 @@ class PartialConv2d(nn.Conv2d):
     The weights, bias and hyper-parameters are those of ``nn.Conv2d`` (zero padding, ``groups=1``), so the state dict
     is a plain convolution's. The mask is single-channel ``(B, 1, H, W)`` (shared by all input channels) or, with
     ``multi_channel_mask=True``, one mask per input channel ``(B, in_channels, H, W)``; the updated mask has the
-    same layout, i.e. ``(B, 1, H', W')`` or ``(B, out_channels, H', W')``. Masks are expected binary; thresholding is
-    the caller's job (see :class:`cfattr_monai.networks.inpainter.PartialConvUNet`). The mask update runs without
-    gradient, as in Liu et al.
+    same layout, i.e. ``(B, 1, H', W')`` or ``(B, out_channels, H', W')``. :meth:`forward_parts` takes the input as
+    parts of a channel concatenation with one mask channel each (a U-Net decoder's upsampled and skip features),
+    without building the per-channel mask. Masks are expected binary; thresholding is the caller's job (see
+    :class:`cfattr_monai.networks.inpainter.PartialConvUNet`). The mask update runs without gradient, as in Liu et al.
 
     Works under ``torch.jit.script`` and ``torch.jit.trace`` (both tested); a traced module checks the mask shape
     only for the traced input shapes (tracing records Python conditions as constants), so prefer scripting.
@@ -81,9 +82,50 @@ class PartialConv2d(nn.Conv2d):
             )
         with torch.no_grad():
             mask_sum = F.conv2d(mask, self.mask_kernel, None, self.stride, self.padding, self.dilation)  # sum(M)
-            updated_mask = (mask_sum > 0).to(x.dtype)  # Eq. 2
+        return self._renormalized(x * mask, mask_sum)
+
+    def forward_parts(self, parts: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Partial convolution of the channel concatenation of ``parts``, each part with its own one-channel mask.
+
+        The same result as :meth:`forward` on ``torch.cat(parts, 1)`` with the multi-channel mask that repeats each
+        part's mask over its channels (a U-Net decoder's upsampled features and skip features), without building
+        that mask: ``sum(M)`` is one convolution of the stacked one-channel masks with a kernel holding each part's
+        channel count. Needs ``multi_channel_mask=True``; returns ``(output, updated_mask)`` as :meth:`forward`.
+
+        Example:
+            >>> conv = PartialConv2d(3, 4, kernel_size=3, padding=1, multi_channel_mask=True)
+            >>> parts, masks = [torch.rand(1, 2, 8, 8), torch.rand(1, 1, 8, 8)], [torch.ones(1, 1, 8, 8)] * 2
+            >>> [tuple(t.shape) for t in conv.forward_parts(parts, masks)]
+            [(1, 4, 8, 8), (1, 4, 8, 8)]
+        """
+        channels = [part.shape[1] if part.ndim == 4 else -1 for part in parts]
+        if not self.multi_channel_mask or not parts or len(masks) != len(parts) or sum(channels) != self.in_channels:
+            raise ValueError(
+                f"PartialConv2d.forward_parts: expected parts of (B, C_i, H, W) with sum(C_i) = {self.in_channels} and "
+                f"one mask per part on a multi_channel_mask convolution, got part shapes "
+                f"{[list(part.shape) for part in parts]}, {len(masks)} mask(s), multi_channel_mask="
+                f"{self.multi_channel_mask}; build the convolution with multi_channel_mask=True and pass one mask per "
+                "part."
+            )
+        for part, mask in zip(parts, masks):
+            expected = (part.shape[0], 1, *part.shape[2:])
+            if tuple(mask.shape) != expected:
+                raise ValueError(
+                    f"PartialConv2d.forward_parts: each mask must have shape (B, 1, H, W) matching its part "
+                    f"{list(part.shape)}, got {list(mask.shape)}; pass one single-channel mask per part."
+                )
+        with torch.no_grad():
+            counts = torch.tensor(channels, dtype=masks[0].dtype, device=masks[0].device)
+            kernel = counts.view(1, -1, 1, 1).expand(1, -1, *self.kernel_size)
+            mask_sum = F.conv2d(torch.cat(masks, 1), kernel, None, self.stride, self.padding, self.dilation)
+        return self._renormalized(torch.cat([part * mask for part, mask in zip(parts, masks)], 1), mask_sum)
+
+    def _renormalized(self, masked_x: torch.Tensor, mask_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 1 on the masked input ``X ⊙ M`` given ``sum(M)`` per window, and the updated mask of Eq. 2."""
+        with torch.no_grad():
+            updated_mask = (mask_sum > 0).to(masked_x.dtype)  # Eq. 2
             ratio = self.window_size / mask_sum.clamp(min=1e-8) * updated_mask  # sum(1)/sum(M), 0 where sum(M)=0
-        output = F.conv2d(x * mask, self.weight, None, self.stride, self.padding, self.dilation) * ratio
+        output = F.conv2d(masked_x, self.weight, None, self.stride, self.padding, self.dilation) * ratio
         bias = self.bias
         if bias is not None:
             output = (output + bias.view(1, -1, 1, 1)) * updated_mask
