@@ -225,11 +225,13 @@ def fingerprint(module: nn.Module) -> str:
 def shutdown_distributed(*modules: nn.Module) -> None:
     """Destroy the default process group, after releasing the hold ``modules`` (DDP-wrapped networks) have on it.
 
-    A ``DistributedDataParallel`` module keeps the process group alive through its C++ reducer, so
-    ``destroy_process_group()`` alone leaves gloo's worker threads to be torn down at interpreter exit, where a
-    process may abort ("terminate called without an active exception"). Measured with torch 2.13 on two CPU
-    processes: 7 of 30 runs aborted with the plain call, 0 of 30 after releasing the reducer. For a bundle's
-    ``finalize``: ``"$cfattr_monai.bundle.shutdown_distributed(@network)"``. Nothing happens outside a process group.
+    A ``DistributedDataParallel`` module keeps the process group alive through its C++ reducer, which its C++
+    logger (``module.logger``) holds as well, so ``destroy_process_group()`` alone leaves gloo's worker threads to be
+    torn down at interpreter exit, where a process may abort ("terminate called without an active exception").
+    Measured with torch 2.13 on two CPU processes: 7 of 30 runs aborted with the plain call; releasing the reducer
+    alone still left the threads running (one abort in a CI run); releasing the logger too ends them here, in
+    ``destroy_process_group()``. For a bundle's ``finalize``: ``"$cfattr_monai.bundle.shutdown_distributed(@network)"``.
+    Nothing happens outside a process group.
 
     Example:
         >>> shutdown_distributed(nn.Linear(2, 1))  # not distributed: a no-op
@@ -241,6 +243,7 @@ def shutdown_distributed(*modules: nn.Module) -> None:
     for module in modules:
         if isinstance(module, nn.parallel.DistributedDataParallel) and hasattr(module, "reducer"):
             del module.reducer
+            module.logger = None
             module.process_group = None
     gc.collect()
     if dist.is_available() and dist.is_initialized():
