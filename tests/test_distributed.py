@@ -200,8 +200,9 @@ def test_attributor_multi_gpu_inference_shards_the_inputs(stand_ins, tmp_path):
     assert shards[0] | shards[1] == test_images, "every test image explained exactly once over the two ranks"
 
 
-def _threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+def _threads() -> set[str]:
+    """The ids of the process's threads."""
+    return set(os.listdir("/proc/self/task"))
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts the process's threads in /proc")
@@ -214,16 +215,17 @@ def test_shutdown_distributed_releases_ddp_and_destroys_the_group(tmp_path):
     from cfattr_monai.bundle import shutdown_distributed
 
     torch.nn.Linear(2, 1)(torch.rand(3, 2)).sum().backward()  # any thread pool of the ops themselves starts here
-    threads = _threads()
+    before = _threads()
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))
         net(torch.rand(3, 2)).sum().backward()
-        assert _threads() > threads, "gloo started no worker thread: the check below would prove nothing"
+        gloo = _threads() - before  # threads of other tests that end meanwhile do not matter
+        assert gloo, "gloo started no worker thread: the check below would prove nothing"
         shutdown_distributed(net, torch.nn.Linear(2, 1))  # plain modules are left alone
         assert not hasattr(net, "reducer") and net.logger is None and net.process_group is None
         assert not dist.is_initialized()
-        assert _threads() == threads, "gloo's worker threads outlived destroy_process_group"
+        assert not gloo & _threads(), "gloo's worker threads outlived destroy_process_group"
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
