@@ -201,11 +201,11 @@ def test_attributor_multi_gpu_inference_shards_the_inputs(stand_ins, tmp_path):
 
 
 def _threads() -> set[str]:
-    """The ids of the process's threads."""
-    return set(os.listdir("/proc/self/task"))
+    """The ids of the process's threads (none where /proc does not list them, e.g. macOS: then nothing is checked)."""
+    tasks = Path("/proc/self/task")
+    return set(os.listdir(tasks)) if tasks.is_dir() else set()
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts the process's threads in /proc")
 def test_shutdown_distributed_releases_ddp_and_destroys_the_group(tmp_path):
     """One-process gloo group: the DDP module's reducer, logger and group are dropped, then the group is destroyed,
     which ends gloo's worker threads there rather than at interpreter exit (where a process may abort)."""
@@ -221,7 +221,8 @@ def test_shutdown_distributed_releases_ddp_and_destroys_the_group(tmp_path):
         net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))
         net(torch.rand(3, 2)).sum().backward()
         gloo = _threads() - before  # threads of other tests that end meanwhile do not matter
-        assert gloo, "gloo started no worker thread: the check below would prove nothing"
+        listed = Path("/proc/self/task").is_dir()
+        assert gloo or not listed, "gloo started no worker thread: the last check would prove nothing"
         shutdown_distributed(net, torch.nn.Linear(2, 1))  # plain modules are left alone
         assert not hasattr(net, "reducer") and net.logger is None and net.process_group is None
         assert not dist.is_initialized()

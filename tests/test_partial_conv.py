@@ -159,11 +159,13 @@ def test_forward_parts_equals_forward_on_the_concatenation(channels, k, stride, 
 @pytest.mark.parametrize(
     "multi,part_shapes,mask_shapes,match",
     [
-        (False, [(2, 2, 8, 8), (2, 1, 8, 8)], [(2, 1, 8, 8)] * 2, "multi_channel_mask=False"),
-        (True, [], [], r"part shapes \[\]"),
-        (True, [(2, 2, 8, 8), (2, 1, 8, 8)], [(2, 1, 8, 8)], "1 mask"),
-        (True, [(2, 2, 8, 8), (2, 2, 8, 8)], [(2, 1, 8, 8)] * 2, "sum\\(C_i\\) = 3"),
-        (True, [(2, 3, 8)], [(2, 1, 8, 8)], r"\[2, 3, 8\]"),
+        (False, [(2, 2, 8, 8), (2, 1, 8, 8)], [(2, 1, 8, 8)] * 2, "multi_channel_mask=True"),
+        (True, [], [], r"got 0 part\(s\) and 0 mask\(s\)"),
+        (True, [(2, 2, 8, 8), (2, 1, 8, 8)], [(2, 1, 8, 8)], r"got 2 part\(s\) and 1 mask\(s\)"),
+        (True, [(2, 2, 8, 8), (2, 2, 8, 8)], [(2, 1, 8, 8)] * 2, r"channels \[2, 2\] sum to 4, the convolution takes"),
+        (True, [(2, 4, 8, 8), (2, 3, 8)], [(2, 1, 8, 8)] * 2, r"\[2, 3, 8\]\]; resize the parts"),
+        (True, [(2, 2, 8, 8), (2, 1, 8, 9)], [(2, 1, 8, 8), (2, 1, 8, 9)], r"first part's B, H and W"),
+        (True, [(2, 2, 8, 8), (1, 1, 8, 8)], [(2, 1, 8, 8), (1, 1, 8, 8)], r"first part's B, H and W"),
         (True, [(2, 2, 8, 8), (2, 1, 8, 8)], [(2, 1, 8, 8), (2, 2, 8, 8)], r"matching its part \[2, 1, 8, 8\]"),
         (True, [(2, 2, 8, 8), (2, 1, 8, 8)], [(2, 1, 8, 8), (2, 1, 8, 9)], r"got \[2, 1, 8, 9\]"),
         (True, [(2, 2, 8, 8), (2, 1, 8, 8)], [(1, 1, 8, 8), (2, 1, 8, 8)], r"got \[1, 1, 8, 8\]"),
@@ -173,3 +175,17 @@ def test_forward_parts_bad_input_is_a_clear_error(multi, part_shapes, mask_shape
     pconv = PartialConv2d(3, 4, 3, padding=1, multi_channel_mask=multi)
     with pytest.raises(ValueError, match=match):
         pconv.forward_parts([torch.rand(s) for s in part_shapes], [torch.ones(s) for s in mask_shapes])
+
+
+def test_forward_parts_keeps_the_input_dtype_under_autocast():
+    """The updated mask takes the parts' dtype, as :meth:`PartialConv2d.forward` takes ``x``'s, also where autocast
+    computes the masked input in another one."""
+    torch.manual_seed(0)
+    pconv = PartialConv2d(3, 4, 3, padding=1, multi_channel_mask=True)
+    parts, masks = [torch.rand(2, 2, 8, 8).bfloat16(), torch.rand(2, 1, 8, 8).bfloat16()], [hole_mask(size=8)] * 2
+    whole = torch.cat([masks[0].expand(-1, 2, -1, -1), masks[1]], 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, new_mask = pconv.forward_parts(parts, masks)
+        expected, expected_mask = pconv(torch.cat(parts, 1), whole)
+    assert new_mask.dtype == expected_mask.dtype == torch.bfloat16
+    assert torch.equal(out, expected) and torch.equal(new_mask, expected_mask)

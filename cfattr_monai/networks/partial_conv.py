@@ -33,8 +33,9 @@ class PartialConv2d(nn.Conv2d):
     without building the per-channel mask. Masks are expected binary; thresholding is the caller's job (see
     :class:`cfattr_monai.networks.inpainter.PartialConvUNet`). The mask update runs without gradient, as in Liu et al.
 
-    Works under ``torch.jit.script`` and ``torch.jit.trace`` (both tested); a traced module checks the mask shape
-    only for the traced input shapes (tracing records Python conditions as constants), so prefer scripting.
+    ``forward`` works under ``torch.jit.script`` and ``torch.jit.trace`` (both tested; :meth:`forward_parts` is not
+    compiled); a traced module checks the mask shape only for the traced input shapes (tracing records Python
+    conditions as constants), so prefer scripting.
 
     Args:
         in_channels: input feature channels.
@@ -82,7 +83,7 @@ class PartialConv2d(nn.Conv2d):
             )
         with torch.no_grad():
             mask_sum = F.conv2d(mask, self.mask_kernel, None, self.stride, self.padding, self.dilation)  # sum(M)
-        return self._renormalized(x * mask, mask_sum)
+        return self._renormalized(x * mask, mask_sum, x.dtype)
 
     def forward_parts(self, parts: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Partial convolution of the channel concatenation of ``parts``, each part with its own one-channel mask.
@@ -98,32 +99,44 @@ class PartialConv2d(nn.Conv2d):
             >>> [tuple(t.shape) for t in conv.forward_parts(parts, masks)]
             [(1, 4, 8, 8), (1, 4, 8, 8)]
         """
-        channels = [part.shape[1] if part.ndim == 4 else -1 for part in parts]
-        if not self.multi_channel_mask or not parts or len(masks) != len(parts) or sum(channels) != self.in_channels:
-            raise ValueError(
-                f"PartialConv2d.forward_parts: expected parts of (B, C_i, H, W) with sum(C_i) = {self.in_channels} and "
-                f"one mask per part on a multi_channel_mask convolution, got part shapes "
-                f"{[list(part.shape) for part in parts]}, {len(masks)} mask(s), multi_channel_mask="
-                f"{self.multi_channel_mask}; build the convolution with multi_channel_mask=True and pass one mask per "
-                "part."
-            )
-        for part, mask in zip(parts, masks):
-            expected = (part.shape[0], 1, *part.shape[2:])
-            if tuple(mask.shape) != expected:
-                raise ValueError(
-                    f"PartialConv2d.forward_parts: each mask must have shape (B, 1, H, W) matching its part "
-                    f"{list(part.shape)}, got {list(mask.shape)}; pass one single-channel mask per part."
-                )
+        self._check_parts(parts, masks)
         with torch.no_grad():
-            counts = torch.tensor(channels, dtype=masks[0].dtype, device=masks[0].device)
-            kernel = counts.view(1, -1, 1, 1).expand(1, -1, *self.kernel_size)
+            # the kernel is filled on the masks' device: no copy from the host, which would wait for a GPU
+            window = (1, 1, self.kernel_size[0], self.kernel_size[1])
+            kernel = torch.cat([masks[0].new_full(window, float(part.shape[1])) for part in parts], 1)
             mask_sum = F.conv2d(torch.cat(masks, 1), kernel, None, self.stride, self.padding, self.dilation)
-        return self._renormalized(torch.cat([part * mask for part, mask in zip(parts, masks)], 1), mask_sum)
+        masked_x = torch.cat([part * mask for part, mask in zip(parts, masks)], 1)
+        return self._renormalized(masked_x, mask_sum, parts[0].dtype)
 
-    def _renormalized(self, masked_x: torch.Tensor, mask_sum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 1 on the masked input ``X ⊙ M`` given ``sum(M)`` per window, and the updated mask of Eq. 2."""
+    def _check_parts(self, parts: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+        """Raise ValueError, naming the fix, unless :meth:`forward_parts` can take ``parts`` and ``masks``."""
+        name = "PartialConv2d.forward_parts"
+        if not self.multi_channel_mask:
+            raise ValueError(f"{name}: needs a convolution built with multi_channel_mask=True (sum(1) counts every "
+                             "input channel); build it so.")
+        if len(parts) == 0 or len(masks) != len(parts):
+            raise ValueError(f"{name}: expected one or more parts and one mask per part, got {len(parts)} part(s) and "
+                             f"{len(masks)} mask(s); pass a (B, 1, H, W) mask for each (B, C_i, H, W) part.")
+        grid = (parts[0].shape[0], *parts[0].shape[2:])  # B, H, W
+        for part, mask in zip(parts, masks):
+            if part.ndim != 4 or (part.shape[0], *part.shape[2:]) != grid:
+                raise ValueError(f"{name}: every part must be (B, C_i, H, W) with the first part's B, H and W, got "
+                                 f"part shapes {[list(p.shape) for p in parts]}; resize the parts to one grid.")
+            if mask.shape != (part.shape[0], 1, *part.shape[2:]):
+                raise ValueError(f"{name}: each mask must have shape (B, 1, H, W) matching its part "
+                                 f"{list(part.shape)}, got {list(mask.shape)}; pass one single-channel mask per part.")
+        channels = [part.shape[1] for part in parts]
+        if sum(channels) != self.in_channels:
+            raise ValueError(f"{name}: the parts' channels {channels} sum to {sum(channels)}, the convolution takes "
+                             f"{self.in_channels}; pass parts whose channels add up to in_channels.")
+
+    def _renormalized(
+        self, masked_x: torch.Tensor, mask_sum: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 1 on the masked input ``X ⊙ M`` given ``sum(M)`` per window, and the updated mask of Eq. 2 in the
+        input's ``dtype`` (under autocast the masked input's may differ)."""
         with torch.no_grad():
-            updated_mask = (mask_sum > 0).to(masked_x.dtype)  # Eq. 2
+            updated_mask = (mask_sum > 0).to(dtype)  # Eq. 2
             ratio = self.window_size / mask_sum.clamp(min=1e-8) * updated_mask  # sum(1)/sum(M), 0 where sum(M)=0
         output = F.conv2d(masked_x, self.weight, None, self.stride, self.padding, self.dilation) * ratio
         bias = self.bias
