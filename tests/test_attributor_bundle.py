@@ -175,6 +175,15 @@ def test_train_then_inference_end_to_end(workspace, tmp_path, capsys):
         assert fragment["lesion_ground_truth"] is annotated and fragment["n_lesion_images"] == positives
         assert (fragment["ours"]["H"]["n"] > 0) is annotated and fragment["ours"]["A"]["n"] == positives
         assert fragment["settings"]["image_size"] == [SIZE, SIZE]  # the bundle's input size
+        assert fragment["settings"]["classification_threshold"] == read_classification_threshold(bundle / "models")
+
+    # a fingerprint without θ (written before training recorded it): counted at 0.5, with a warning naming the fix
+    recorded = json.loads(fingerprint.read_text())
+    fingerprint.write_text(json.dumps({**recorded, "classification_threshold": None}))
+    with pytest.warns(UserWarning, match="records no classification_threshold.*retrain the attributor"):
+        fragment = evaluate_attribution(bundle, workspace["datalist"], tmp_path / "no_theta", area_reference="image")
+    assert fragment["settings"]["classification_threshold"] == 0.5
+    fingerprint.write_text(json.dumps(recorded))
 
     # another checkpoint folder (e.g. the longer schedule's models_long/) is evaluated, not models/: given as the
     # checkpoint, or as the ckpt_dir of a task overlay (as the paper tasks' models_mammo/ and models_cxr/)

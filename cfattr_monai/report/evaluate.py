@@ -16,6 +16,7 @@ of test images for the Fig. 3 grid), each through a temporary name.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -134,7 +135,8 @@ def evaluate_attribution(
             training.
         checkpoint: the attributor weights, relative to ``attributor_bundle`` (or absolute); None: ``model.pt`` in
             the ``ckpt_dir`` of the bundle's ``configs/inference.json`` plus ``overlays``. The classifier
-            fingerprint and θ are read from its folder.
+            fingerprint and θ are read from its folder; a fingerprint that records no θ (written before training
+            recorded it) counts the flip rate at 0.5, with a warning naming the fix.
 
     Returns:
         The fragment ``{"ours", "gradcam", "saliency", "wilcoxon_p", "flip_rate", "n_lesion_images",
@@ -145,7 +147,7 @@ def evaluate_attribution(
             data set has no lesion masks at all).
     """
     from cfattr_monai.bundle import bundle_checkpoint
-    from cfattr_monai.explain.counterfactual import load_explainer, read_classification_threshold
+    from cfattr_monai.explain.counterfactual import FINGERPRINT_FILE, load_explainer, read_classification_threshold
     from cfattr_monai.io.explanations import bundle_image_size
     from cfattr_monai.metrics.marginalization import has_lesion_mask, load_split
 
@@ -171,7 +173,15 @@ def evaluate_attribution(
 
     # θ: flagged when p(c|I) ≥ θ, flipped when p(c|π(M̂)) ≤ θ (as in training and the acceptance figures) — the
     # operating point the attributor was trained for
-    theta = read_classification_threshold(checkpoint.parent)
+    theta = read_classification_threshold(checkpoint.parent, default=None)
+    if theta is None:
+        theta = 0.5
+        warnings.warn(
+            f"{checkpoint.parent / FINGERPRINT_FILE} records no classification_threshold (θ), so the flip rate counts "
+            "flagged and flipped at 0.5, not at the operating point the attributor was trained for; retrain the "
+            "attributor with this bundle (its training records θ) or add \"classification_threshold\": θ to that file.",
+            stacklevel=2,
+        )
     flagged = maps["p"] >= theta
     flipped = flagged & (maps["p_counterfactual"] <= theta)
     fragment.update(
