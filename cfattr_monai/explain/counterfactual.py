@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -148,8 +149,21 @@ def read_recorded(ckpt_dir: str | Path, key: str, default: float | None = None) 
 
 
 def read_classification_threshold(ckpt_dir: str | Path, default: float | None = 0.5) -> float | None:
-    """θ recorded by :func:`write_classifier_fingerprint` in ``ckpt_dir``, or ``default`` when none was recorded."""
-    return read_recorded(ckpt_dir, "classification_threshold", default)
+    """θ recorded by :func:`write_classifier_fingerprint` in ``ckpt_dir``, or ``default`` when none was recorded.
+
+    A default θ is not the operating point the attributor was trained for, so using one warns, naming the file and
+    the fix (flagged and flipped counted at it differ from training's)."""
+    theta = read_recorded(ckpt_dir, "classification_threshold")
+    if theta is None and default is not None:
+        warnings.warn(
+            f"{Path(ckpt_dir) / FINGERPRINT_FILE} records no classification_threshold (θ), so flagged and flipped "
+            f"are counted at {default}, not at the operating point the attributor was trained for; retrain the "
+            "attributor with this bundle (its training records θ) or add \"classification_threshold\": θ to that "
+            "file.",
+            stacklevel=2,
+        )
+        return default
+    return theta
 
 
 def check_classifier_fingerprint(
